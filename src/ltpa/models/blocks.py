@@ -1,0 +1,181 @@
+"""Building blocks shared by the VGG-style models: conv stages, attention levels and heads.
+
+Equation numbers refer to Jetley et al., "Learn To Pay Attention", ICLR 2018, Sec. 3.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "BN_EPS",
+    "ConvBNReLU",
+    "AttentionLevel",
+    "GlobalProjection",
+    "ClassifierHead",
+    "scale_grad",
+    "msr_init_",
+]
+
+# cifar.torch's vgg_bn_drop (and the official attention code built on it) uses eps 1e-3.
+BN_EPS = 1e-3
+
+COMPATIBILITIES = ("pc", "dp")
+NORMALISATIONS = ("softmax", "sigmoid")
+
+
+class ConvBNReLU(nn.Module):
+    """3x3 conv (stride 1, pad 1) -> BN -> ReLU -> optional dropout, as in cifar.torch."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(F.relu(self.bn(self.conv(x)), inplace=True))
+
+
+def msr_init_(module: nn.Module) -> None:
+    """MSR init of every 3x3 conv below ``module``: N(0, sqrt(2 / (k*k*C_out))), bias 0.
+
+    This is cifar.torch's ``MSRinit``; 1x1 attention convs keep PyTorch's default init.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def scale_grad(tensor: Tensor, factor: float) -> Tensor:
+    """Multiply the *total* gradient arriving at ``tensor`` by ``factor`` (no-op without grad).
+
+    A tensor hook sees the sum over all of the tensor's uses, which is what the official Lua
+    code's hand-written backward averages: ``(downstream + attention) / 2`` for a local
+    feature map and ``mean over levels`` for g.
+    """
+    if tensor.requires_grad:
+        tensor.register_hook(lambda grad: grad * factor)
+    return tensor
+
+
+class GlobalProjection(nn.Module):
+    """Official code's channel matching: g (B, D) -> BN -> ReLU -> Dropout(0.5) -> Linear -> (B, C)."""
+
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(in_features, eps=BN_EPS)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(in_features, out_features)
+
+    def forward(self, g: Tensor) -> Tensor:
+        return self.fc(self.drop(F.relu(self.bn(g))))
+
+
+class AttentionLevel(nn.Module):
+    """Compatibility (eq. 2 or dot product), normalisation (eq. 3) and aggregation (eq. 4).
+
+    Args:
+        channels: width C of the local features ``l`` entering this level.
+        compat: ``"pc"`` (learned u: ``c_i = <u, l_i + g>``) or ``"dp"`` (``c_i = <l_i, g>``).
+        normalisation: ``"softmax"`` over positions, aggregated by a sum; or ``"sigmoid"``,
+            aggregated by a spatial mean (the later PyTorch ports' variant).
+        up_project_to: if set, ``l`` is first mapped to this width by a 1x1 conv (the paper
+            text's channel matching) and ``g`` must have that width.
+    """
+
+    def __init__(
+        self, channels: int, *, compat: str, normalisation: str, up_project_to: int | None = None
+    ) -> None:
+        super().__init__()
+        self.normalisation = normalisation
+        self.proj = None
+        if up_project_to is not None:
+            self.proj = nn.Conv2d(channels, up_project_to, 1, bias=False)
+            channels = up_project_to
+        self.out_channels = channels
+        # A bias is a constant shift of all scores: invisible to softmax, meaningful to sigmoid.
+        self.compat = (
+            nn.Conv2d(channels, 1, 1, bias=normalisation == "sigmoid") if compat == "pc" else None
+        )
+
+    def forward(self, local: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Attend ``local`` (B, C_in, h, w) with ``g`` (B, C).
+
+        Returns:
+            ``(g_a, attention, scores)``: the attended vector (B, C), the normalised map
+            (B, 1, h, w) and the raw compatibility scores (B, 1, h, w).
+        """
+        if self.proj is not None:
+            local = self.proj(local)
+        g_map = g[:, :, None, None]  # (B, C, 1, 1)
+        if self.compat is not None:
+            scores = self.compat(local + g_map)  # (B, 1, h, w)
+        else:
+            scores = (local * g_map).sum(dim=1, keepdim=True)  # (B, 1, h, w)
+        flat_scores = scores.float().flatten(1)  # (B, h*w); fp32 keeps softmax exact under autocast
+        flat_local = local.flatten(2)  # (B, C, h*w)
+        if self.normalisation == "softmax":
+            weights = flat_scores.softmax(dim=1)
+            g_a = torch.bmm(flat_local, weights.to(flat_local.dtype).unsqueeze(2)).squeeze(2)
+        else:
+            weights = flat_scores.sigmoid()
+            g_a = torch.bmm(flat_local, weights.to(flat_local.dtype).unsqueeze(2)).squeeze(2)
+            g_a = g_a / flat_local.shape[2]
+        return g_a, weights.view_as(scores), scores
+
+
+class ClassifierHead(nn.Module):
+    """Each input vector -> BN -> ReLU -> Dropout(0.5); then ``concat`` + one Linear, or ``indep``.
+
+    ``indep`` has one Linear per input and combines them by summing the logits (the official
+    att3 code) or the log-softmax outputs (its att2 code). With a single input both modes are
+    the classic ``BN -> ReLU -> Dropout -> Linear`` classifier of cifar.torch's VGG.
+    """
+
+    def __init__(
+        self,
+        in_features: Sequence[int],
+        num_classes: int,
+        *,
+        mode: str = "concat",
+        indep_reduce: str = "logits",
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.mode = mode
+        self.indep_reduce = indep_reduce
+        self.norms = nn.ModuleList(nn.BatchNorm1d(d, eps=BN_EPS) for d in in_features)
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        if mode == "concat":
+            self.classifier = nn.Linear(sum(in_features), num_classes)
+        else:
+            self.classifiers = nn.ModuleList(nn.Linear(d, num_classes) for d in in_features)
+
+    def forward(self, vectors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """Returns ``(logits (B, K), features (B, sum D))``; features are the normalised inputs."""
+        normed = [self.drop(F.relu(norm(v))) for norm, v in zip(self.norms, vectors)]
+        features = torch.cat(normed, dim=1)
+        if self.mode == "concat":
+            return self.classifier(features), features
+        per_level = [fc(v) for fc, v in zip(self.classifiers, normed)]
+        if self.indep_reduce == "log_softmax":
+            per_level = [F.log_softmax(p.float(), dim=1) for p in per_level]
+        return torch.stack(per_level).sum(0), features
+
+    def reset(self, num_classes: int) -> None:
+        """Replace the final Linear layer(s) by freshly initialised ones with ``num_classes`` outputs."""
+        if self.mode == "concat":
+            old = self.classifier
+            self.classifier = nn.Linear(old.in_features, num_classes).to(old.weight.device)
+        else:
+            self.classifiers = nn.ModuleList(
+                nn.Linear(fc.in_features, num_classes).to(fc.weight.device) for fc in self.classifiers
+            )
