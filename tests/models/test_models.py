@@ -1,0 +1,221 @@
+"""Every registered model: shapes against ``levels``, normalisation, gradients, counts, errors."""
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import ltpa
+from ltpa.models import AttentionOutput
+from ltpa.models.blocks import scale_grad
+
+TINY = dict(width=0.0625)
+SIZES = [32, 80, (50, 70)]
+
+
+def _images(size, batch=2, seed=0):
+    h, w = (size, size) if isinstance(size, int) else size
+    return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("size", SIZES, ids=str)
+@pytest.mark.parametrize("name", ltpa.list_models())
+def test_every_model_runs_forward_and_backward(name, size):
+    torch.manual_seed(0)
+    model = ltpa.create_model(name, num_classes=5, input_size=size, **TINY)
+    images = _images(size)
+    out = model(images)
+    assert isinstance(out, AttentionOutput)
+    assert out.logits.shape == (2, 5)
+    assert torch.isfinite(out.logits).all()
+    assert len(out.maps) == len(out.levels) == len(model.levels)
+    for attn, level in zip(out.maps, out.levels):
+        h = images.shape[2] // int(level.stride)
+        w = images.shape[3] // int(level.stride)
+        assert attn.shape == (2, 1, h, w), (level, attn.shape)
+        assert level.offset == level.stride / 2
+        assert torch.isfinite(attn).all()
+    out.logits.sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not no_grad, f"parameters without a finite gradient: {no_grad}"
+
+
+@pytest.mark.parametrize("normalisation", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("placement", ["before", "after"])
+@pytest.mark.parametrize("compat", ["pc", "dp"])
+@pytest.mark.parametrize("channel_match", ["project_g", "project_l"])
+@pytest.mark.parametrize("head", ["concat", "indep"])
+def test_attention_option_matrix(normalisation, placement, compat, channel_match, head):
+    model = ltpa.create_model("vgg_att3", num_classes=3, normalisation=normalisation, placement=placement,
+                              compat=compat, channel_match=channel_match, head=head, **TINY)
+    out = model(_images(32))
+    assert out.normalisation == normalisation
+    for attn, level in zip(out.maps, out.levels):
+        assert level.name.startswith("conv" if placement == "before" else "pool")
+        if normalisation == "softmax":
+            torch.testing.assert_close(attn.sum(dim=(2, 3)), torch.ones(2, 1))
+        else:
+            # (0, 1) mathematically; raw dot products can saturate fp32 to exactly 0 or 1
+            assert ((attn >= 0) & (attn <= 1)).all()
+    names = [n for n, _ in model.named_parameters()]
+    has_compat = any(".compat." in n for n in names)
+    assert has_compat == (compat == "pc")
+    assert any(".proj." in n for n in names) == (channel_match == "project_l")
+    assert any(n.startswith("attention.g") for n in names) == (channel_match == "project_g")
+
+
+def test_levels_geometry_of_the_paper_models():
+    att3 = ltpa.create_model("vgg_att3", num_classes=100)
+    assert [(lv.name, lv.channels, lv.stride) for lv in att3.levels] == [
+        ("conv7", 256, 1.0), ("conv10", 512, 2.0), ("conv13", 512, 4.0)]
+    cub = ltpa.create_model("vgg_att2", num_classes=200, input_size=80, **TINY)
+    assert cub.options["first_pool"] == 5
+    out = cub(_images(80))
+    assert [tuple(m.shape[2:]) for m in out.maps] == [(16, 16), (8, 8)]  # the CIFAR geometry
+    after = ltpa.create_model("vgg_att3", num_classes=10, placement="after", **TINY)
+    assert [lv.stride for lv in after.levels] == [2.0, 4.0, 8.0]
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def _gmacs(model, size=32):
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 2e9
+
+
+@pytest.mark.parametrize(
+    "name, params_m, gmac",
+    [("vgg_att3", 19.97, 3.79), ("vgg_att2", 19.81, 3.79), ("vgg", 15.04, 0.31)],
+)
+def test_parameter_and_mac_counts_match_the_paper_spec(name, params_m, gmac):
+    model = ltpa.create_model(name, num_classes=100)
+    assert _count(model) / 1e6 == pytest.approx(params_m, abs=0.005)
+    assert _gmacs(model) == pytest.approx(gmac, abs=0.005)
+
+
+def test_dot_product_compatibility_has_no_parameters():
+    pc = ltpa.create_model("vgg_att2", num_classes=10, compat="pc")
+    dp = ltpa.create_model("vgg_att2", num_classes=10, compat="dp")
+    assert _count(pc) - _count(dp) == 512 + 512  # one u vector per level, no bias under softmax
+    assert not [n for n, _ in dp.named_parameters() if n.startswith("attention.")]
+
+
+def test_no_attention_ablation_differs_only_by_attention_parts():
+    att = ltpa.create_model("vgg_att3", num_classes=10)
+    plain = ltpa.create_model("vgg_noatt", num_classes=10)
+    att_sd, plain_sd = att.state_dict(), plain.state_dict()
+    shared = [k for k in plain_sd if not k.startswith("head.")]
+    assert shared and all(att_sd[k].shape == plain_sd[k].shape for k in shared)
+    only_att = {k.split(".")[0] for k in set(att_sd) - set(plain_sd)}
+    assert only_att <= {"attention", "head"}
+    # same trunk compute: the attention parts add only a few MMACs
+    assert _gmacs(att) - _gmacs(plain) < 0.01
+
+
+def test_state_dict_names_are_readable():
+    names = set(ltpa.create_model("vgg_att3", num_classes=10).state_dict())
+    for expected in ["trunk.conv7.conv.weight", "trunk.conv7.bn.running_mean", "global.fc.weight",
+                     "attention.0.compat.weight", "attention.g256.fc.weight", "head.classifier.weight"]:
+        assert expected in names
+
+
+def test_trunk_uses_paper_batchnorm_eps_and_msr_init():
+    model = ltpa.create_model("vgg_att3", num_classes=10)
+    assert model.trunk.conv7.bn.eps == 1e-3
+    weight = model.trunk.conv13.conv.weight
+    assert weight.std().item() == pytest.approx(math.sqrt(2 / (9 * 512)), rel=0.02)
+    assert model.trunk.conv13.conv.bias.abs().max() == 0
+
+
+def test_grad_average_scales_gradients_where_branches_join():
+    torch.manual_seed(0)
+    plain = ltpa.create_model("vgg_att3", num_classes=4, **TINY).eval()
+    averaged = ltpa.create_model("vgg_att3", num_classes=4, grad_average=True, **TINY).eval()
+    averaged.load_state_dict(plain.state_dict())
+    images = _images(32)
+    for model in (plain, averaged):
+        model(images).logits.sum().backward()
+    # the classifier is downstream of every join: unchanged
+    torch.testing.assert_close(averaged.head.classifier.weight.grad, plain.head.classifier.weight.grad)
+    # g feeds three levels: it receives the mean, not the sum
+    torch.testing.assert_close(averaged.get_submodule("global").fc.weight.grad,
+                               plain.get_submodule("global").fc.weight.grad / 3)
+
+
+def test_scale_grad_scales_the_sum_over_all_uses():
+    x = torch.ones(3, requires_grad=True)
+    h = x * 2
+    scale_grad(h, 0.5)
+    (h.sum() + (3 * h).sum()).backward()
+    torch.testing.assert_close(x.grad, torch.full((3,), 4.0))  # 2 * (1 + 3) * 0.5
+
+
+def test_vgg_gap_returns_normalised_cam_of_predicted_class():
+    model = ltpa.create_model("vgg_gap", num_classes=6, **TINY).eval()
+    images = _images(32)
+    out = model(images)
+    assert out.normalisation == "cam"
+    torch.testing.assert_close(out.maps[0].sum(dim=(2, 3)), torch.ones(2, 1))
+    local = model.forward_features(images)["conv13"]
+    expected = model.cam(local, out.logits.argmax(1))
+    torch.testing.assert_close(out.scores[0], expected)
+
+
+def test_reset_classifier_changes_only_the_head():
+    model = ltpa.create_model("vgg_att2", num_classes=100, **TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.reset_classifier(200)
+    after = model.state_dict()
+    assert after["head.classifier.weight"].shape[0] == 200
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("head.classifier"))
+
+
+def test_bf16_channels_last_forward_matches_fp32():
+    torch.manual_seed(0)
+    model = ltpa.create_model("vgg_att3", num_classes=4, width=0.125).eval()
+    images = _images(32)
+    with torch.no_grad():
+        reference = model(images)
+        fast_model = model.to(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = fast_model(images.to(memory_format=torch.channels_last))
+    assert fast.maps[0].dtype == torch.float32
+    torch.testing.assert_close(fast.logits.float(), reference.logits, atol=0.15, rtol=0.1)
+
+
+def test_unknown_model_name_suggests_the_closest():
+    with pytest.raises(ValueError, match="Did you mean 'vgg_att3'"):
+        ltpa.create_model("vgg_att_3")
+
+
+def test_unknown_option_lists_valid_options():
+    with pytest.raises(TypeError, match="Did you mean 'compat'"):
+        ltpa.create_model("vgg_att3", compt="dp")
+    with pytest.raises(TypeError, match="fixed"):
+        ltpa.create_model("vgg_att3", levels=(7,))
+
+
+@pytest.mark.parametrize("key, value", [("compat", "cosine"), ("head", "sum"), ("normalisation", "relu"),
+                                        ("placement", "middle"), ("channel_match", "pad")])
+def test_bad_option_values_are_rejected(key, value):
+    with pytest.raises(ValueError, match=key):
+        ltpa.create_model("vgg_att3", **{key: value})
+
+
+def test_input_too_small_and_wrong_channels_are_clear_errors():
+    model = ltpa.create_model("vgg_att3", num_classes=3, **TINY)
+    with pytest.raises(ValueError, match="at least 16x16"):
+        model(torch.zeros(1, 3, 12, 12))
+    with pytest.raises(ValueError, match="3-channel images, got 1"):
+        model(torch.zeros(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="batch"):
+        model(torch.zeros(3, 32, 32))
+
+
+def test_list_models_filters_by_pattern():
+    assert ltpa.list_models("vgg_att*") == ["vgg_att1", "vgg_att2", "vgg_att3"]
+    with pytest.raises(ValueError, match="num_classes"):
+        ltpa.create_model("vgg", num_classes=1)
