@@ -1,0 +1,165 @@
+"""Pointing games and baselines on hand-made maps with known answers."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ltpa.attention.localisation import (
+    box_to_mask,
+    centre_prior,
+    energy_pointing_game,
+    pointing_game,
+    random_map,
+)
+
+
+def _peaked(size: tuple[int, int], row: int, column: int, batch: int = 1) -> torch.Tensor:
+    heat = torch.full((batch, *size), 0.1)
+    heat[:, row, column] = 1.0
+    return heat
+
+
+def test_box_to_mask_uses_pixel_centres():
+    mask = box_to_mask((2, 3, 5, 4), (6, 8))
+    assert mask.dtype == torch.bool and mask.shape == (6, 8)
+    assert torch.nonzero(mask).tolist() == [[3, 2], [3, 3], [3, 4]]
+    # Centres 1.5 and 2.5 lie in [1.4, 2.6); centre 0.5 is on the (closed) left edge, 2.5 on the
+    # (open) right edge.
+    assert torch.nonzero(box_to_mask((1.4, 0, 2.6, 1), (1, 4)))[:, 1].tolist() == [1, 2]
+    assert torch.nonzero(box_to_mask((0.5, 0, 2.5, 1), (1, 4)))[:, 1].tolist() == [0, 1]
+
+
+def test_box_to_mask_batches_and_clips_to_the_image():
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 2.0], [-3.0, -3.0, 100.0, 100.0]])
+    masks = box_to_mask(boxes, (5, 6))
+    assert masks.shape == (2, 5, 6)
+    assert masks[0].sum() == 8 and masks[1].all()
+
+
+@pytest.mark.parametrize(
+    "box", [(3, 0, 1, 2), (0, 0, float("nan"), 1), (0, 0, 1), [[0, 0, 1, 1, 1]]]
+)
+def test_box_to_mask_rejects_bad_boxes(box):
+    with pytest.raises(ValueError):
+        box_to_mask(box, (4, 4))
+
+
+def test_peak_inside_the_box_hits_and_outside_misses():
+    box = (4, 4, 8, 8)
+    assert pointing_game(_peaked((16, 16), 5, 6), box=box).tolist() == [True]
+    assert pointing_game(_peaked((16, 16), 12, 6), box=box).tolist() == [False]
+
+
+def test_pointing_game_is_batched_with_one_box_per_map():
+    heat = torch.cat([_peaked((16, 16), 1, 1), _peaked((16, 16), 10, 10)])
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 4.0]])
+    assert pointing_game(heat, box=boxes).tolist() == [True, False]
+    assert pointing_game(heat[:, None], box=boxes[0]).tolist() == [True, False]  # (B, 1, H, W)
+    assert pointing_game(heat.numpy(), box=boxes.numpy()).tolist() == [True, False]
+
+
+def test_tolerance_rescues_a_peak_just_outside():
+    box = (4, 4, 8, 8)  # pixels 4..7
+    heat = _peaked((16, 16), 5, 9)  # two columns right of the last box column
+    assert pointing_game(heat, box=box, tolerance=1).tolist() == [False]
+    assert pointing_game(heat, box=box, tolerance=2).tolist() == [True]
+    # Tolerance is a Euclidean radius: a peak two pixels off diagonally is sqrt(8) away.
+    corner = _peaked((16, 16), 9, 9)
+    assert pointing_game(corner, box=box, tolerance=2).tolist() == [False]
+    assert pointing_game(corner, box=box, tolerance=math.sqrt(8)).tolist() == [True]
+
+
+def test_pointing_game_with_masks_and_first_argmax_ties():
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[0, 0] = True
+    flat = torch.ones(2, 8, 8)  # every pixel ties: the first (row-major) maximum is (0, 0)
+    assert pointing_game(flat, mask=mask).tolist() == [True, True]
+    assert pointing_game(flat, mask=~mask).tolist() == [False, False]
+
+
+def test_pointing_game_leaves_inputs_unchanged():
+    heat, mask = _peaked((8, 8), 2, 2), torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, 6, 6] = True
+    before = heat.clone(), mask.clone()
+    pointing_game(heat, mask=mask, tolerance=3)
+    assert torch.equal(heat, before[0]) and torch.equal(mask, before[1])
+
+
+def test_pointing_game_rejects_bad_arguments():
+    heat = _peaked((8, 8), 2, 2)
+    with pytest.raises(ValueError, match="exactly one"):
+        pointing_game(heat)
+    with pytest.raises(ValueError, match="exactly one"):
+        pointing_game(heat, box=(0, 0, 1, 1), mask=torch.ones(8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match="tolerance"):
+        pointing_game(heat, box=(0, 0, 1, 1), tolerance=-1)
+    with pytest.raises(TypeError, match="bool"):
+        pointing_game(heat, mask=torch.ones(8, 8))
+    with pytest.raises(ValueError, match="mask"):
+        pointing_game(heat, mask=torch.ones(4, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="2 boxes or masks for 1 maps"):
+        pointing_game(heat, box=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="heat"):
+        pointing_game(torch.zeros(8, 8), box=(0, 0, 1, 1))
+
+
+def test_empty_region_warns_and_misses():
+    with pytest.warns(UserWarning, match="no pixel centre"):
+        hits = pointing_game(_peaked((8, 8), 2, 2), box=(2.6, 2.6, 2.9, 2.9))
+    assert hits.tolist() == [False]
+
+
+def test_uniform_map_energy_equals_area_fraction():
+    heat = torch.ones(2, 16, 16)
+    energy = energy_pointing_game(heat, box=torch.tensor([[0, 0, 8, 4], [2, 2, 14, 14]]))
+    torch.testing.assert_close(energy, torch.tensor([32 / 256, 144 / 256], dtype=torch.float64))
+
+
+def test_map_inside_the_mask_has_energy_one_and_outside_zero():
+    mask = box_to_mask((4, 4, 12, 12), (16, 16))
+    heat = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(0)) * mask
+    assert energy_pointing_game(heat, mask=mask).item() == pytest.approx(1.0)
+    assert energy_pointing_game(heat, mask=~mask).item() == 0.0
+    assert energy_pointing_game(heat.numpy(), box=(4, 4, 12, 12)).item() == pytest.approx(1.0)
+
+
+def test_energy_rejects_negative_maps_and_marks_zero_maps_nan():
+    with pytest.raises(ValueError, match="clamp"):
+        energy_pointing_game(torch.full((1, 4, 4), -0.1), box=(0, 0, 2, 2))
+    with pytest.warns(UserWarning, match="all zero"):
+        energy = energy_pointing_game(torch.zeros(2, 4, 4), box=(0, 0, 2, 2))
+    assert torch.isnan(energy).all()
+
+
+def test_random_map_is_reproducible_and_scores_chance():
+    first = random_map((16, 16), torch.Generator().manual_seed(0), batch_size=2000)
+    again = random_map((16, 16), torch.Generator().manual_seed(0), batch_size=2000)
+    other = random_map((16, 16), torch.Generator().manual_seed(1), batch_size=2000)
+    assert first.shape == (2000, 16, 16) and first.dtype == torch.float32
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert 0.0 <= first.min() and first.max() < 1.0
+    hit_rate = pointing_game(first, box=(0, 0, 8, 8)).double().mean().item()
+    assert hit_rate == pytest.approx(0.25, abs=0.04)
+    with pytest.raises(TypeError, match="Generator"):
+        random_map((4, 4), 0)
+
+
+def test_centre_prior_is_a_normalised_centred_gaussian():
+    prior = centre_prior((21, 21), sigma_fraction=4 / 21, batch_size=3)
+    assert prior.shape == (3, 21, 21) and prior.dtype == torch.float32
+    torch.testing.assert_close(prior.sum((1, 2)), torch.ones(3))
+    assert prior[0].argmax().item() == 10 * 21 + 10
+    assert (prior[0, 10, 14] / prior[0, 10, 10]).item() == pytest.approx(math.exp(-0.5), rel=1e-5)
+    assert torch.equal(prior[0], prior[0].flip(0)) and torch.equal(prior[0], prior[0].T)
+
+
+def test_centre_prior_on_even_and_non_square_images():
+    prior = centre_prior((16, 24))
+    assert prior.shape == (1, 16, 24)
+    assert np.unravel_index(prior[0].argmax().item(), (16, 24)) == (7, 11)
+    assert pointing_game(prior, box=(8, 4, 16, 12)).tolist() == [True]
+    with pytest.raises(ValueError, match="sigma_fraction"):
+        centre_prior((8, 8), sigma_fraction=0)
