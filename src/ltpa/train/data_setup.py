@@ -1,0 +1,265 @@
+"""Data for training runs: in-memory uint8 splits, batch-level augmentation on the training
+device, and a seeded batch iterator whose order depends only on (seed, epoch).
+
+Images stay uint8 until a batch is drawn; augmentation (flip, padded crop) runs on the whole
+uint8 batch, then the batch becomes float in [0, 1] and is normalised with the train split's
+per-channel mean/std. That is what models see.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .config import TrainConfig
+
+__all__ = [
+    "DataSplits",
+    "build_data",
+    "stratified_split",
+    "channel_mean_std",
+    "augment_batch",
+    "BatchLoader",
+    "derive_seed",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataSplits:
+    """Train / validation / test tensors of one run, on the CPU.
+
+    ``*_images`` are ``(N, 3, H, W)`` uint8 RGB, ``*_targets`` ``(N,)`` int64. The validation
+    split is carved out of the train data (class-stratified); it is empty when
+    ``val_fraction == 0``.
+    """
+
+    train_images: Tensor
+    train_targets: Tensor
+    val_images: Tensor
+    val_targets: Tensor
+    test_images: Tensor
+    test_targets: Tensor
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> str:
+        return (f"train {len(self.train_targets)}, val {len(self.val_targets)}, "
+                f"test {len(self.test_targets)} images of {tuple(self.train_images.shape[1:])}, "
+                f"{self.num_classes} classes")
+
+
+def derive_seed(seed: int, epoch: int, stream: int) -> int:
+    """A 63-bit seed for one (run seed, epoch, purpose) triple; distinct triples do not collide
+    the way ``seed + epoch`` would (seed 1 epoch 0 == seed 0 epoch 1)."""
+    mixed = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + stream * 0x94D049BB133111EB)
+    return mixed % (2**63 - 1)
+
+
+def stratified_split(targets: Tensor, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Split indices into train and validation, keeping every class's share.
+
+    Each class contributes ``round(count * val_fraction)`` images to validation (at least one
+    when ``val_fraction > 0`` and the class has two or more), chosen by a generator seeded with
+    ``seed``.
+
+    Returns:
+        ``(train_idx, val_idx)``, sorted int64 index tensors.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    gen = torch.Generator().manual_seed(derive_seed(seed, 0, 1))
+    val_parts = []
+    for cls in torch.unique(targets).tolist():
+        idx = torch.nonzero(targets == cls).flatten()
+        n_val = round(len(idx) * val_fraction)
+        if val_fraction > 0 and n_val == 0 and len(idx) >= 2:
+            n_val = 1
+        val_parts.append(idx[torch.randperm(len(idx), generator=gen)[:n_val]])
+    val_idx = torch.sort(torch.cat(val_parts)).values if val_parts else torch.empty(0, dtype=torch.long)
+    is_val = torch.zeros(len(targets), dtype=torch.bool)
+    is_val[val_idx] = True
+    return torch.nonzero(~is_val).flatten(), val_idx
+
+
+def channel_mean_std(images: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images ``(N, C, H, W)``, in [0, 1] pixel units.
+
+    Accumulates in float64 chunk by chunk, so large sets need little extra memory.
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    total = torch.zeros(images.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk].to(torch.float64) / 255.0
+        total += part.sum(dim=(0, 2, 3))
+        total_sq += part.square().sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(1e-12).sqrt()
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _synthetic(config: TrainConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[str, ...]]:
+    from ltpa.data.synthetic import SyntheticLocalisation
+
+    common = dict(image_size=config.image_size, num_classes=config.num_classes, seed=config.data_seed)
+    train = SyntheticLocalisation(config.num_train, split="train", **common)
+    test = SyntheticLocalisation(config.num_test, split="test", **common)
+    return train.images, train.targets, test.images, test.targets, tuple(train.class_names)
+
+
+_SOURCES = {"synthetic": _synthetic}
+
+
+def build_data(config: TrainConfig) -> DataSplits:
+    """Build the run's splits from ``config.data`` (only ``"synthetic"`` for now).
+
+    Raises:
+        ValueError: unknown data source.
+    """
+    if config.data not in _SOURCES:
+        raise ValueError(f"unknown data {config.data!r}; available: {', '.join(_SOURCES)}")
+    train_x, train_y, test_x, test_y, names = _SOURCES[config.data](config)
+    train_idx, val_idx = stratified_split(train_y, config.val_fraction, config.data_seed)
+    return DataSplits(
+        train_images=train_x[train_idx], train_targets=train_y[train_idx],
+        val_images=train_x[val_idx], val_targets=train_y[val_idx],
+        test_images=test_x, test_targets=test_y, class_names=names,
+    )
+
+
+def augment_batch(images: Tensor, *, hflip: bool, crop_padding: int, generator: torch.Generator) -> Tensor:
+    """Random horizontal flip and random crop after zero padding, for a whole batch at once.
+
+    Args:
+        images: ``(B, C, H, W)`` uint8 (or float) on any device; not modified.
+        hflip: flip each image left-right with probability 1/2.
+        crop_padding: pad by this many zero pixels on every side, then crop ``H x W`` at a
+            uniformly random offset per image (0 = no crop).
+        generator: a generator on ``images.device``; all randomness comes from it.
+
+    Returns:
+        A new ``(B, C, H, W)`` tensor of the same dtype.
+    """
+    b, c, h, w = images.shape
+    device = images.device
+    out = images
+    if hflip:
+        flip = torch.rand(b, generator=generator, device=device) < 0.5
+        out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+    if crop_padding > 0:
+        p = crop_padding
+        padded = torch.nn.functional.pad(out, (p, p, p, p))  # zeros: black, as RandomCrop(padding)
+        oy = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=device)
+        ox = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=device)
+        rows = (oy[:, None] + torch.arange(h, device=device))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (ox[:, None] + torch.arange(w, device=device))[:, None, None, :]  # (B, 1, 1, W)
+        batch = torch.arange(b, device=device)[:, None, None, None]
+        chans = torch.arange(c, device=device)[None, :, None, None]
+        out = padded[batch, chans, rows, cols]  # (B, C, H, W)
+    return out if out is not images else images.clone()
+
+
+class BatchLoader:
+    """Iterates ``(images, targets)`` batches of one split, ready for the model.
+
+    The whole split is moved to ``device`` once (uint8). Each batch is gathered, optionally
+    augmented, converted to float in [0, 1], normalised by ``mean``/``std`` and laid out in
+    ``memory_format``. With ``shuffle`` the order of epoch ``e`` comes from a generator seeded by
+    ``derive_seed(seed, e, ...)``, so a resumed run sees exactly the batches it would have seen;
+    call :meth:`set_epoch` before iterating.
+
+    Args:
+        images: ``(N, 3, H, W)`` uint8; targets: ``(N,)`` int64.
+        batch_size: images per batch.
+        mean, std: per-channel normalisation in [0, 1] pixel units.
+        device: where batches are produced.
+        shuffle: new random order every epoch (train) or the stored order (eval).
+        drop_last: drop the final partial batch (logged once when it drops images).
+        augment: apply :func:`augment_batch` with ``hflip``/``crop_padding``.
+        seed: run seed for order and augmentation.
+        memory_format: e.g. ``torch.channels_last``.
+        limit_batches: > 0 stops each epoch after this many batches.
+        name: split name for log messages.
+    """
+
+    def __init__(self, images: Tensor, targets: Tensor, *, batch_size: int, mean: tuple[float, ...],
+                 std: tuple[float, ...], device: torch.device, shuffle: bool = False,
+                 drop_last: bool = False, augment: bool = False, hflip: bool = True,
+                 crop_padding: int = 0, seed: int = 0,
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 limit_batches: int = 0, name: str = "data") -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"{name}: expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(targets):
+            raise ValueError(f"{name}: {len(images)} images but {len(targets)} targets")
+        if batch_size < 1:
+            raise ValueError(f"{name}: batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.targets = targets.to(self.device, dtype=torch.int64)
+        self.batch_size = batch_size
+        self.shuffle, self.drop_last, self.augment = shuffle, drop_last, augment
+        self.hflip, self.crop_padding = hflip, crop_padding
+        self.seed, self.epoch = seed, 0
+        self.memory_format = memory_format
+        self.limit_batches = limit_batches
+        self.name = name
+        channels = images.shape[1]
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"{name}: mean/std need {channels} values, got {mean} / {std}")
+        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
+        self._inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0)
+        dropped = len(images) % batch_size if drop_last else 0
+        if drop_last and len(images) < batch_size:
+            raise ValueError(
+                f"{name}: drop_last with batch_size {batch_size} > {len(images)} images leaves no "
+                f"batch at all; lower batch_size or set drop_last=false"
+            )
+        if dropped:
+            logger.info("%s: dropping the last partial batch of %d of %d images each epoch "
+                        "(drop_last=True; the images dropped change with the shuffle)",
+                        name, dropped, len(images))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        count = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return min(count, self.limit_batches) if self.limit_batches > 0 else count
+
+    @property
+    def num_samples(self) -> int:
+        """Images yielded per epoch (after drop_last and limit_batches)."""
+        n = len(self.images)
+        return min(n, len(self) * self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self.images)
+        if self.shuffle:
+            order_gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2))
+            order = torch.randperm(n, generator=order_gen).to(self.device)
+        else:
+            order = torch.arange(n, device=self.device)
+        aug_gen = None
+        if self.augment:
+            aug_gen = torch.Generator(device=self.device)
+            aug_gen.manual_seed(derive_seed(self.seed, self.epoch, 3))
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            images = self.images[idx]
+            if self.augment:
+                images = augment_batch(images, hflip=self.hflip, crop_padding=self.crop_padding,
+                                       generator=aug_gen)
+            images = (images.float() - self._mean) * self._inv_std  # (B, C, H, W) normalised
+            yield images.contiguous(memory_format=self.memory_format), self.targets[idx]

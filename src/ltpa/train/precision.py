@@ -1,0 +1,273 @@
+"""Device, mixed-precision and memory-format choices, made once per run, and the other
+settings a run's reproducibility depends on (deterministic kernels, RNG states, environment).
+
+There is one AMP path (STYLE.md): every forward runs under ``torch.autocast(device_type, dtype,
+enabled=...)`` and every backward goes through a ``torch.amp.GradScaler`` that is enabled only
+for fp16. fp32 is simply autocast disabled, not a separate branch.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.metadata
+import logging
+import os
+import platform
+import random
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["Precision", "resolve_device", "resolve_precision", "cpu_supports_bf16",
+           "algorithm_settings", "rng_state", "set_rng_state", "library_versions", "git_commit",
+           "describe_environment"]
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The resolved numeric setup of a run.
+
+    Attributes:
+        device: where the model and the data live.
+        name: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+        channels_last: whether the model and its input batches use ``torch.channels_last``.
+    """
+
+    device: torch.device
+    name: str
+    channels_last: bool
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _DTYPES[self.name]
+
+    @property
+    def amp_enabled(self) -> bool:
+        return self.name != "fp32"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context for forward passes (a no-op for fp32)."""
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp_enabled)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A scaler that is active only for fp16 (bf16 has fp32's range and needs none)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.name == "fp16")
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def describe(self) -> str:
+        return f"device={self.device} precision={self.name} channels_last={self.channels_last}"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available, else CPU; anything else must be a usable device.
+
+    Raises:
+        ValueError: a malformed device string or a CUDA device that is not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(
+            f"device {name!r} is not a valid torch device: use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was asked for but CUDA is not available; use 'cpu'")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} "
+                f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif device.type not in ("cpu", "mps"):
+        raise ValueError(f"device {name!r} is not supported: use 'auto', 'cpu' or 'cuda[:N]'")
+    return device
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AVX-512 BF16 or AMX) and autocast works.
+
+    Without native support oneDNN emulates bf16 and it is slower than fp32, so ``auto`` only
+    chooses bf16 on CPUs that have it.
+    """
+    native = False
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, probe, None)  # private helpers; absent in some builds
+        if check is not None:
+            try:
+                native = native or bool(check())
+            except RuntimeError:
+                pass
+    if not native:
+        return False
+    try:  # confirm the autocast path actually runs on this build
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = torch.ones(8, 8) @ torch.ones(8, 8)
+        return out.dtype == torch.bfloat16 and bool(torch.all(out == 8))
+    except RuntimeError:
+        return False
+
+
+def resolve_precision(
+    precision: str = "auto", channels_last: str | bool = "auto", device: str = "auto"
+) -> Precision:
+    """Turn the config's ``precision``/``channels_last``/``device`` choices into a decision.
+
+    ``auto`` precision: bf16 on GPUs that support it, else fp16 (with a GradScaler); bf16 on
+    CPUs with native bf16 (see :func:`cpu_supports_bf16`), else fp32. ``auto`` channels_last is
+    on, since ltpa's models are conv nets and cuDNN / oneDNN prefer NHWC.
+
+    Raises:
+        ValueError: unknown choice, or bf16/fp16 asked for where the device cannot run it.
+    """
+    dev = resolve_device(device)
+    if precision == "auto":
+        if dev.type == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif dev.type == "cpu":
+            name = "bf16" if cpu_supports_bf16() else "fp32"
+        else:
+            name = "fp32"
+    elif precision in _DTYPES:
+        name = precision
+    else:
+        raise ValueError(
+            f"precision {precision!r} is not one of 'auto', 'fp32', 'bf16', 'fp16'"
+        )
+    if name == "bf16" and dev.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision 'bf16' is not supported on {dev}; use 'fp16' or 'auto'")
+    if name == "fp16" and dev.type == "cpu":
+        raise ValueError(
+            "precision 'fp16' is not supported for training on CPU (no fast fp16 kernels and "
+            "no GradScaler benefit); use 'bf16', 'fp32' or 'auto'"
+        )
+    if channels_last == "auto":
+        use_cl = dev.type in ("cuda", "cpu")
+    elif isinstance(channels_last, bool):
+        use_cl = channels_last
+    else:
+        raise ValueError(f"channels_last must be 'auto', True or False, got {channels_last!r}")
+    return Precision(device=dev, name=name, channels_last=use_cl)
+
+
+# ----------------------------------------------------------------------------- reproducibility
+
+
+@contextlib.contextmanager
+def algorithm_settings(deterministic: bool, device: torch.device, threads: int = 0) -> Iterator[None]:
+    """For the duration of a run: deterministic kernels if asked (warnings, not errors, for ops
+    without a deterministic version), else cuDNN autotuning on CUDA; ``threads > 0`` sets
+    torch's intra-op CPU threads (small models on a busy machine run far faster on one).
+    Restores the old settings afterwards."""
+    was_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    was_benchmark = torch.backends.cudnn.benchmark
+    if deterministic:
+        # cuBLAS needs this to be deterministic; it only takes effect before cuBLAS starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+        torch.backends.cudnn.benchmark = was_benchmark
+        torch.set_num_threads(was_threads)
+
+
+def rng_state() -> dict[str, Any]:
+    """Torch (CPU, and CUDA once initialised), numpy and Python RNG states, as tensors and plain
+    values only (numpy/Python states become int64 tensors), so they store without pickle."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "internal": torch.tensor(py_internal, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured. CUDA states are skipped, with a warning, when
+    the number of GPUs differs."""
+    torch.set_rng_state(state["torch"])
+    numpy = state["numpy"]
+    np.random.set_state((numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:
+            logger.warning(
+                "checkpoint holds CUDA RNG states for %d device(s) but this machine has %d; CUDA "
+                "RNG not restored, so dropout noise will differ from the original run",
+                len(state["cuda"]), torch.cuda.device_count(),
+            )
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of ltpa (None when run from an uninstalled source tree), torch, numpy, safetensors."""
+    import safetensors
+
+    try:
+        ltpa_version = importlib.metadata.version("ltpa")
+    except importlib.metadata.PackageNotFoundError:
+        ltpa_version = None
+    return {"ltpa": ltpa_version, "torch": torch.__version__, "numpy": np.__version__,
+            "safetensors": safetensors.__version__}
+
+
+def git_commit() -> str | None:
+    """``git rev-parse HEAD`` of the source tree ltpa runs from, or None (no git, no repo,
+    no commit yet)."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                                capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (result.stdout.strip() or None) if result.returncode == 0 else None
+
+
+def describe_environment(precision: Precision) -> dict[str, Any]:
+    """What a run's ``environment.json`` records: time, versions, device, numerics, git commit."""
+    if precision.device.type == "cuda":
+        device_name = torch.cuda.get_device_name(precision.device)
+    else:
+        device_name = platform.processor() or platform.machine()
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **library_versions(), "python": platform.python_version(),
+        "platform": platform.platform(), "cuda": torch.version.cuda,
+        "device": str(precision.device), "device_name": device_name,
+        "precision": precision.name, "channels_last": precision.channels_last,
+        "torch_threads": torch.get_num_threads(), "git_commit": git_commit(),
+    }

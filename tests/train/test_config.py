@@ -1,0 +1,104 @@
+import json
+
+import pytest
+
+from ltpa.train import TrainConfig, apply_overrides
+from ltpa.train.precision import resolve_precision
+
+
+def test_round_trip_through_json_is_identical():
+    config = TrainConfig(model_options={"width": 0.25, "compat": "dp"}, lr_milestones=(60, 120),
+                         mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), channels_last=False)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert TrainConfig.from_dict(data) == config
+
+
+def test_from_dict_names_unknown_keys_and_suggests_the_closest():
+    with pytest.raises(ValueError, match=r"unknown TrainConfig key\(s\) \['lerning_rate'\]") as err:
+        TrainConfig.from_dict({"lerning_rate": 0.1})
+    assert "Valid keys:" in str(err.value)
+    with pytest.raises(ValueError, match="did you mean 'epochs'"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_from_dict_rejects_wrong_types():
+    with pytest.raises(ValueError, match="'epochs' got '3'"):
+        TrainConfig.from_dict({"epochs": "3"})
+    with pytest.raises(ValueError, match="nesterov"):
+        TrainConfig.from_dict({"nesterov": 1})
+
+
+def test_overrides_parse_each_field_type():
+    config = apply_overrides(TrainConfig(), [
+        "epochs=7", "lr=1e-2", "nesterov=true", "model=vgg_att2", "lr_milestones=60,120,160",
+        "lr_milestone_gammas=[0.2, 0.2, 0.2]", "mean=0.5,0.5,0.5", "std=none",
+        "channels_last=false", "precision=bf16", "warmup_epochs=2",
+    ])
+    assert config.epochs == 7 and isinstance(config.epochs, int)
+    assert config.lr == 0.01 and isinstance(config.lr, float)
+    assert config.nesterov is True
+    assert config.model == "vgg_att2"
+    assert config.lr_milestones == (60, 120, 160)
+    assert config.lr_milestone_gammas == (0.2, 0.2, 0.2)
+    assert config.mean == (0.5, 0.5, 0.5) and config.std is None
+    assert config.channels_last is False
+    assert apply_overrides(config, ["channels_last=auto"]).channels_last == "auto"
+    assert config.warmup_epochs == 2.0 and isinstance(config.warmup_epochs, float)
+
+
+def test_overrides_set_nested_model_options_and_whole_dicts():
+    config = apply_overrides(TrainConfig(), ["model_options.width=0.25", "model_options.compat=dp",
+                                             "model_options.grad_average=true"])
+    assert config.model_options == {"width": 0.25, "compat": "dp", "grad_average": True}
+    config = apply_overrides(config, ['model_options={"head": "indep"}'])
+    assert config.model_options == {"head": "indep"}
+
+
+def test_overrides_leave_the_input_unchanged():
+    config = TrainConfig()
+    apply_overrides(config, ["epochs=1", "model_options.width=0.5"])
+    assert config.epochs == TrainConfig().epochs and config.model_options == {}
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("epochs=three", r"cannot set epochs='three': expected int"),
+    ("lr=fast", r"cannot set lr='fast': expected float"),
+    ("lr=nan", r"expected float \(a finite number\)"),
+    ("nesterov=maybe", r"expected bool \(true/false\)"),
+    ("lr_milestones=60,x", r"lr_milestones"),
+    ("model_options=[1]", r"expected dict"),
+    ("epochs", r"not of the form key=value"),
+    ("lr.x=1", r"'lr' is a float, not a dict"),
+])
+def test_overrides_reject_bad_values_with_the_key_value_and_type(override, expected):
+    with pytest.raises(ValueError, match=expected):
+        apply_overrides(TrainConfig(), [override])
+
+
+def test_unknown_override_key_suggests_the_closest_and_lists_valid_keys():
+    with pytest.raises(ValueError) as err:
+        apply_overrides(TrainConfig(), ["batchsize=64"])
+    message = str(err.value)
+    assert "unknown config key 'batchsize'" in message
+    assert "Did you mean 'batch_size'?" in message
+    assert "Valid keys:" in message and "weight_decay" in message
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"val_fraction": 1.0}, "val_fraction"),
+    ({"precision": "fp8"}, "precision"), ({"channels_last": "yes"}, "channels_last"),
+    ({"lr_milestones": (120, 60)}, "lr_milestones"), ({"std": (0.1, 0.0, 0.1)}, "std"),
+    ({"val_fraction": 0.0, "test_weights": "best"}, "test_weights"),
+    ({"nesterov": True, "momentum": 0.0}, "nesterov"),
+])
+def test_validate_names_the_bad_key(changes, key):
+    with pytest.raises(ValueError, match=f"config {key}="):
+        TrainConfig(**changes).validate()
+
+
+def test_precision_fp32_on_cpu_disables_autocast_and_scaler():
+    choice = resolve_precision("fp32", False, "cpu")
+    assert not choice.amp_enabled and not choice.grad_scaler().is_enabled()
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_precision("fp16", "auto", "cpu")
+    assert resolve_precision("auto", "auto", "cpu").name in ("bf16", "fp32")
