@@ -1,0 +1,142 @@
+"""The ``ltpa`` command: parse arguments and dispatch to the library, nothing else."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Sequence
+
+__all__ = ["main"]
+
+logger = logging.getLogger("ltpa")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from . import create_model, list_models
+
+    names = list_models(args.pattern)
+    if not names:
+        raise ValueError(f"no model matches {args.pattern!r}; `ltpa models` lists them all")
+    for name in names:
+        model = create_model(name, num_classes=100)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        levels = ", ".join(level.name for level in model.levels) or "-"
+        doc = (model.__class__.__name__ if not _builder_doc(name) else _builder_doc(name))
+        print(f"{name:<12} {params:6.2f}M params (100 classes)  maps: {levels:<20} {doc}")
+    return 0
+
+
+def _builder_doc(name: str) -> str:
+    from .models._registry import _builders
+
+    return (_builders[name].__doc__ or "").strip().splitlines()[0] if _builders[name].__doc__ else ""
+
+
+def _config_from_args(args: argparse.Namespace):
+    from .train.config import TrainConfig, apply_overrides
+
+    config = TrainConfig()
+    shortcuts = {"model": args.model, "data": args.data, "epochs": args.epochs, "seed": args.seed}
+    config = apply_overrides(config, [f"{k}={v}" for k, v in shortcuts.items() if v is not None])
+    return apply_overrides(config, args.set or [])
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train.loop import fit
+
+    config = _config_from_args(args)
+    result = fit(config, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    test = result.test
+    print(f"test top-1 {test['acc1']:.2f}%" + (f"  top-5 {test['acc5']:.2f}%" if "acc5" in test else "")
+          + f"  ({result.test_weights} weights, epoch {result.tested_epoch}); run folder: {result.out_dir}")
+    return 0
+
+
+def _cmd_attend(args: argparse.Namespace) -> int:
+    from .inference import attend_files, load_trained
+
+    trained = load_trained(args.checkpoint)
+    summary = attend_files(trained, args.images, args.out, size=args.size, mode=args.mode,
+                           cmap=args.cmap, overwrite=args.overwrite)
+    for record in summary["images"]:
+        best = record["top5"][0]
+        print(f"{record['image']}: {best['class']} ({best['probability']:.1%})")
+    print(f"overlays, raw maps (.npy) and predictions.json in {args.out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    overrides = {} if args.epochs is None else {"epochs": args.epochs}
+    result = run_demo(args.out, overwrite=args.overwrite, progress=not args.no_progress, **overrides)
+    print(result.summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ltpa", description="Learn to Pay Attention: train attention CNNs, see and measure their attention.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the registered models")
+    p.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'vgg_att*'")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("train", help="train a model; writes a run folder")
+    p.add_argument("--model", help="model name (see `ltpa models`), default vgg_att3")
+    p.add_argument("--data", help="data source, default synthetic")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set lr=0.05 --set model_options.width=0.25")
+    p.add_argument("--out", required=True, help="run folder")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    group.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("attend", help="predict and draw per-level attention for images")
+    p.add_argument("checkpoint", help="checkpoint .json/.safetensors (e.g. RUN/checkpoints/best.json)")
+    p.add_argument("images", nargs="+", help="image files and/or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", type=int, default=None, help="short side to resize to (default: training size)")
+    p.add_argument("--mode", default="mass", choices=("mass", "shared", "per-map"),
+                   help="colour scale of the overlays (default mass: raw attention, one scale for all levels)")
+    p.add_argument("--cmap", default="jet", help="matplotlib colormap")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
+    p.set_defaults(func=_cmd_attend)
+
+    p = sub.add_parser("demo", help="train VGG-att3 on the built-in synthetic data and score its attention")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true", help="replace a previous demo run in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; user errors print one line and exit 2 (set LTPA_DEBUG=1 for the traceback)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    from .train.loop import TrainingDiverged
+
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, TrainingDiverged) as err:
+        if os.environ.get("LTPA_DEBUG"):
+            raise
+        print(f"ltpa {args.command}: error: {err}", file=sys.stderr)
+        return 1 if isinstance(err, TrainingDiverged) else 2
+    except KeyboardInterrupt:
+        print("ltpa: interrupted; the last complete checkpoint is kept (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

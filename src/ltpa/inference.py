@@ -1,0 +1,172 @@
+"""Load a trained ltpa checkpoint and run it on images: the library behind ``ltpa attend``."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .attention import attention_grid, compute_maps, save_figure
+from .data.images import find_images, load_images
+from .models import create_model
+from .train.checkpoint import atomic_write_json, load_checkpoint, load_model_state
+from .train.config import TrainConfig
+
+__all__ = ["TrainedModel", "load_trained", "normalise", "class_names_for", "attend_files",
+           "prepare_out_dir"]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A model rebuilt from a checkpoint, with what is needed to feed it.
+
+    Attributes:
+        model: in eval mode, on the CPU.
+        config: the training config (model name, options, image size, normalisation).
+        class_names: one name per class.
+        checkpoint: the sidecar it came from.
+    """
+
+    model: nn.Module
+    config: TrainConfig
+    class_names: tuple[str, ...]
+    checkpoint: Path
+
+
+def class_names_for(config: TrainConfig) -> tuple[str, ...]:
+    """Class names of the data the config trains on (numbers when the source has none)."""
+    if config.data == "synthetic":
+        from .data.synthetic import SyntheticLocalisation
+
+        return SyntheticLocalisation(1, image_size=32, num_classes=config.num_classes).class_names
+    return tuple(str(k) for k in range(config.num_classes))
+
+
+def load_trained(path: str | Path) -> TrainedModel:
+    """Rebuild the model of an ltpa checkpoint (``.json`` sidecar, ``.safetensors`` or stem).
+
+    Raises:
+        CheckpointError: not an ltpa checkpoint, corrupt (sha256 mismatch) or not matching its
+            own config.
+    """
+    checkpoint = load_checkpoint(path)
+    config = TrainConfig.from_dict(checkpoint.config)
+    options = {"input_size": config.image_size, **config.model_options}
+    model = create_model(config.model, num_classes=config.num_classes, **options)
+    load_model_state(model, checkpoint)
+    return TrainedModel(model.eval(), config, class_names_for(config), checkpoint.path)
+
+
+def normalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 images ``(B, 3, H, W)`` -> float, normalised as in training (mean/std in [0, 1] units)."""
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - mean_t) / std_t
+
+
+def prepare_out_dir(out: str | Path, *, overwrite: bool, what: str) -> Path:
+    """Create ``out``; refuse a non-empty folder unless ``overwrite`` (then empty it first).
+
+    Raises:
+        ValueError: ``out`` is a file, or a non-empty folder without ``overwrite``.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {str(out)!r} is a file; give a folder for the {what}")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"output folder {str(out)!r} is not empty; choose a new folder or pass --overwrite "
+                f"to replace its contents with the {what}")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def attend_files(
+    trained: TrainedModel,
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    size: int | None = None,
+    mode: str = "mass",
+    cmap: str = "jet",
+    overwrite: bool = False,
+    batch_size: int = 64,
+) -> dict:
+    """Predict and write per-level attention for image files and folders.
+
+    Writes into ``out``: ``<stem>.png`` (the image and one overlay per level), ``<stem>.<level>.npy``
+    (the raw map at feature resolution, ``(h, w)`` float32) and ``predictions.json``.
+
+    Args:
+        trained: from :func:`load_trained`.
+        inputs: image files and/or folders (searched recursively).
+        out: output folder (must be new or empty unless ``overwrite``).
+        size: resize the short side to this and centre-crop; default the training image size.
+        mode: overlay colour scale, ``"mass"``, ``"shared"`` or ``"per-map"``.
+        cmap: matplotlib colormap name.
+        overwrite: replace the contents of a non-empty ``out``.
+        batch_size: images per forward pass.
+
+    Returns:
+        The content of ``predictions.json``.
+
+    Raises:
+        FileNotFoundError: an input does not exist or a folder holds no images.
+        ValueError: an unreadable image, a non-empty ``out`` without ``overwrite``, or a model
+            without attention maps.
+    """
+    paths = find_images(inputs)  # every check on the inputs runs before anything is written
+    config = trained.config
+    images = load_images(paths, size or config.image_size)
+    maps = compute_maps(trained.model, normalise(images, config.mean, config.std), batch_size=batch_size)
+    out = prepare_out_dir(out, overwrite=overwrite, what="attention maps")
+    probabilities = maps.logits.float().softmax(dim=1)
+    stems = _unique_stems(paths)
+    pixels = images.permute(0, 2, 3, 1).numpy()
+    records = []
+    for index, (path, stem) in enumerate(zip(paths, stems)):
+        top = probabilities[index].topk(min(5, probabilities.shape[1]))
+        label = trained.class_names[int(top.indices[0])]
+        figure = attention_grid(
+            pixels[index:index + 1], [m[index:index + 1] for m in maps.upsampled],
+            level_names=[level.name for level in maps.levels], strides=[level.stride for level in maps.levels],
+            titles=[f"pred: {label} ({float(top.values[0]):.0%})"], mode=mode, cmap=cmap)
+        save_figure(figure, out / f"{stem}.png")
+        for level, level_map in zip(maps.levels, maps.maps):
+            np.save(out / f"{stem}.{level.name}.npy", level_map[index, 0].float().numpy())
+        records.append({
+            "image": str(path), "stem": stem, "prediction": label,
+            "top5": [{"class": trained.class_names[int(k)], "probability": float(p)}
+                     for p, k in zip(top.values, top.indices)],
+        })
+    summary = {"checkpoint": str(trained.checkpoint), "model": config.model,
+               "normalisation": maps.normalisation, "display_mode": mode,
+               "levels": [{"name": lv.name, "stride": lv.stride, "offset": lv.offset} for lv in maps.levels],
+               "images": records}
+    atomic_write_json(out / "predictions.json", summary)
+    return summary
+
+
+def _unique_stems(paths: Sequence[Path]) -> list[str]:
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        stems.append(path.stem if count == 0 else f"{path.stem}_{count}")
+    return stems
+
+
+def overlay_grid_from_arrays(images_uint8: Tensor, maps, titles, *, mode: str = "mass"):
+    """An images x levels figure for uint8 ``(B, 3, H, W)`` images and :class:`AttentionMaps`."""
+    pixels = images_uint8.permute(0, 2, 3, 1).numpy()
+    return attention_grid(pixels, list(maps.upsampled), level_names=[lv.name for lv in maps.levels],
+                          strides=[lv.stride for lv in maps.levels], titles=titles, mode=mode)
+
