@@ -28,12 +28,16 @@ NUM_OVERLAY_IMAGES = 8
 
 
 def demo_config(**overrides) -> TrainConfig:
-    """VGG-att3 at quarter width on 32x32 synthetic images: a few minutes on a 2-core CPU."""
+    """VGG-att3 at quarter width on 32x32 synthetic images: a few minutes on a 2-core CPU.
+
+    Dropout is off: with 3,600 training images and 8 epochs it only slows learning (with the
+    paper's dropout the same run reaches about 26% instead of about 88% test accuracy).
+    """
     config = TrainConfig(
-        model="vgg_att3", model_options={"width": 0.25}, data="synthetic", image_size=32,
-        num_classes=10, num_train=4000, num_test=1000, val_fraction=0.1, epochs=6, batch_size=64,
-        lr=0.05, lr_step_epochs=0, lr_milestones=(4,), lr_gamma=0.2, warmup_epochs=0.5,
-        crop_padding=0, stuck_warmup_epochs=3,
+        model="vgg_att3", model_options={"width": 0.25, "dropout": False}, data="synthetic",
+        image_size=32, num_classes=10, num_train=4000, num_test=1000, val_fraction=0.1, epochs=8,
+        batch_size=64, lr=0.05, lr_step_epochs=0, lr_milestones=(6,), lr_gamma=0.2,
+        warmup_epochs=0.5, crop_padding=0, stuck_warmup_epochs=3,
     )
     return dataclasses.replace(config, **overrides)
 
@@ -61,7 +65,7 @@ def score_synthetic_run(checkpoint: str | Path, out: Path, *, num_images: int | 
     scores["accuracy"] = float((maps.predictions == test.targets).float().mean())
     atomic_write_json(out / "localisation.json", scores)
     shown = slice(0, NUM_OVERLAY_IMAGES)
-    titles = [f"pred: {trained.class_names[int(p)]} / true: {trained.class_names[int(t)]}"
+    titles = [f"pred: {trained.class_names[int(p)]}\ntrue: {trained.class_names[int(t)]}"
               for p, t in zip(maps.predictions[shown], test.targets[shown])]
     shown_maps = dataclasses.replace(maps, upsampled=tuple(m[shown] for m in maps.upsampled))
     figure = overlay_grid_from_arrays(test.images[shown], shown_maps, titles, mode=mode)

@@ -1,0 +1,131 @@
+"""The ``ltpa`` command end to end on a tiny model: files written, and user errors as one line."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ltpa.cli import main
+
+TINY = ["--set", "model_options.width=0.0625", "--set", "num_train=64", "--set", "num_test=32",
+        "--set", "batch_size=16", "--set", "num_classes=4", "--epochs", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["-q", "train", "--out", str(out), *TINY]) == 0
+    return out
+
+
+@pytest.fixture()
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(folder / "rgb.png")
+    Image.fromarray(rng.integers(0, 255, (50, 50), dtype=np.uint8), mode="L").save(folder / "gray.jpg")
+    Image.fromarray(rng.integers(0, 255, (36, 36, 4), dtype=np.uint8), mode="RGBA").save(folder / "rgba.png")
+    return folder
+
+
+def test_models_lists_every_registered_model(capsys):
+    assert main(["models", "vgg_att*"]) == 0
+    out = capsys.readouterr().out
+    assert "vgg_att3" in out and "19.97M" in out and "vgg_gap" not in out
+
+
+def test_train_writes_a_complete_run_folder(run_dir):
+    for name in ["config.json", "metrics.jsonl", "curves.png", "final_metrics.json", "checkpoints/best.json",
+                 "checkpoints/best.safetensors"]:
+        assert (run_dir / name).is_file(), name
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model_options"]["width"] == 0.0625 and config["epochs"] == 1
+
+
+def test_train_refuses_a_folder_that_holds_a_run(run_dir, capsys):
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    assert main(["-q", "train", "--out", str(run_dir), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "resume" in err and "overwrite" in err and "Traceback" not in err
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--model", "vgg_att_3"], "Did you mean 'vgg_att3'"),
+    (["--set", "epochz=3"], "epochs"),
+    (["--set", "model_options.compat=cosine"], "compat must be one of"),
+])
+def test_train_user_errors_are_one_line(tmp_path, capsys, args, expected):
+    assert main(["-q", "train", "--out", str(tmp_path / "new"), *TINY, *args]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "new" / "checkpoints").exists()
+
+
+def test_attend_writes_overlays_raw_maps_and_predictions(run_dir, images, tmp_path, capsys):
+    out = tmp_path / "attend"
+    assert main(["attend", str(run_dir / "checkpoints" / "best.json"), str(images), "--out", str(out)]) == 0
+    summary = json.loads((out / "predictions.json").read_text())
+    assert [r["stem"] for r in summary["images"]] == ["gray", "rgb", "rgba"]
+    for stem in ("gray", "rgb", "rgba"):
+        assert (out / f"{stem}.png").is_file()
+        maps = [np.load(out / f"{stem}.{level['name']}.npy") for level in summary["levels"]]
+        assert [m.shape for m in maps] == [(32, 32), (16, 16), (8, 8)]
+        np.testing.assert_allclose([m.sum() for m in maps], 1.0, rtol=1e-4)  # softmax maps
+    assert "rgb.png" in capsys.readouterr().out
+
+
+def test_attend_refuses_a_non_empty_folder_and_keeps_it(run_dir, images, tmp_path, capsys):
+    out = tmp_path / "attend"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["attend", str(run_dir / "checkpoints" / "best.json"), str(images), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_attend_unreadable_image_is_named_and_nothing_is_written(run_dir, images, tmp_path, capsys):
+    (images / "broken.jpg").write_bytes(b"not a jpeg at all")
+    out = tmp_path / "attend"
+    assert main(["attend", str(run_dir / "checkpoints" / "best.json"), str(images), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_attend_too_small_size_explains_the_minimum(run_dir, images, tmp_path, capsys):
+    assert main(["attend", str(run_dir / "checkpoints" / "best.json"), str(images), "--size", "8",
+                 "--out", str(tmp_path / "a")]) == 2
+    assert "at least 16x16" in capsys.readouterr().err
+
+
+def test_attend_rejects_a_corrupt_checkpoint(run_dir, images, tmp_path, capsys):
+    corrupt = tmp_path / "ckpt"
+    corrupt.mkdir()
+    for suffix in (".json", ".safetensors"):
+        data = (run_dir / "checkpoints" / f"best{suffix}").read_bytes()
+        if suffix == ".safetensors":
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])
+        (corrupt / f"best{suffix}").write_bytes(data)
+    assert main(["attend", str(corrupt / "best.json"), str(images), "--out", str(tmp_path / "a")]) == 2
+    assert "sha256" in capsys.readouterr().err
+
+
+def test_attend_rejects_a_file_that_is_not_a_checkpoint(images, tmp_path, capsys):
+    fake = tmp_path / "weights.json"
+    fake.write_text('{"hello": 1}')
+    assert main(["attend", str(fake), str(images), "--out", str(tmp_path / "a")]) == 2
+    assert "ltpa checkpoint" in capsys.readouterr().err
+
+
+def test_demo_trains_scores_and_prints_a_summary(tmp_path):
+    from ltpa.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", progress=False, epochs=1, num_train=64, num_test=32, batch_size=16,
+                      model_options={"width": 0.0625, "dropout": False})
+    assert set(result.localisation["levels"]) == {"conv7", "conv10", "conv13"}
+    assert {"centre", "random"} <= set(result.localisation["baselines"])
+    assert "pointing game" in result.summary and "(centre)" in result.summary
+    for name in ("attention_overlays.png", "localisation.json", "summary.txt"):
+        assert (tmp_path / "demo" / name).is_file()
