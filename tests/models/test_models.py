@@ -219,3 +219,26 @@ def test_list_models_filters_by_pattern():
     assert ltpa.list_models("vgg_att*") == ["vgg_att1", "vgg_att2", "vgg_att3"]
     with pytest.raises(ValueError, match="num_classes"):
         ltpa.create_model("vgg", num_classes=1)
+
+
+@pytest.mark.parametrize("compat", ["pc", "dp"])
+@pytest.mark.parametrize("normalisation", ["softmax", "sigmoid"])
+def test_attention_level_matches_the_paper_equations(compat, normalisation):
+    from ltpa.models.blocks import AttentionLevel
+
+    torch.manual_seed(0)
+    level = AttentionLevel(6, compat=compat, normalisation=normalisation)
+    local, g = torch.randn(2, 6, 3, 4), torch.randn(2, 6)
+    g_a, weights, scores = level(local, g)
+    if compat == "pc":  # eq. 2: c_i = <u, l_i + g> (+ bias for sigmoid)
+        expected = level.compat(local + g[:, :, None, None])
+    else:  # c_i = <l_i, g>
+        expected = (local * g[:, :, None, None]).sum(1, keepdim=True)
+    torch.testing.assert_close(scores, expected)
+    flat = expected.flatten(1)
+    a = flat.softmax(1) if normalisation == "softmax" else flat.sigmoid()
+    torch.testing.assert_close(weights.flatten(1), a)
+    aggregate = (a[:, None, :] * local.flatten(2)).sum(2)  # eq. 4: sum_i a_i l_i
+    if normalisation == "sigmoid":
+        aggregate = aggregate / 12  # spatial mean instead of sum
+    torch.testing.assert_close(g_a, aggregate)

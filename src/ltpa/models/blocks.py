@@ -115,11 +115,12 @@ class AttentionLevel(nn.Module):
         """
         if self.proj is not None:
             local = self.proj(local)
-        g_map = g[:, :, None, None]  # (B, C, 1, 1)
         if self.compat is not None:
-            scores = self.compat(local + g_map)  # (B, 1, h, w)
+            # <u, l_i + g> = <u, l_i> + <u, g>: same scores without materialising l + g (B, C, h, w).
+            u = self.compat.weight.flatten()  # (C,)
+            scores = self.compat(local) + (g @ u.to(g.dtype))[:, None, None, None]  # (B, 1, h, w)
         else:
-            scores = (local * g_map).sum(dim=1, keepdim=True)  # (B, 1, h, w)
+            scores = torch.einsum("bchw,bc->bhw", local, g.to(local.dtype)).unsqueeze(1)  # (B, 1, h, w)
         flat_scores = scores.float().flatten(1)  # (B, h*w); fp32 keeps softmax exact under autocast
         flat_local = local.flatten(2)  # (B, C, h*w)
         if self.normalisation == "softmax":
