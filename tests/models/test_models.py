@@ -242,3 +242,18 @@ def test_attention_level_matches_the_paper_equations(compat, normalisation):
     if normalisation == "sigmoid":
         aggregate = aggregate / 12  # spatial mean instead of sum
     torch.testing.assert_close(g_a, aggregate)
+
+
+@pytest.mark.parametrize("name", ["vgg_att3", "vgg", "vgg_gap"])
+def test_activation_checkpointing_gives_the_same_step(name):
+    torch.manual_seed(0)
+    plain = ltpa.create_model(name, num_classes=4, width=0.125, dropout=False)
+    checkpointed = ltpa.create_model(name, num_classes=4, width=0.125, dropout=False, checkpointing=True)
+    checkpointed.load_state_dict(plain.state_dict())
+    images = _images(32, batch=4)
+    for model in (plain, checkpointed):
+        model.train()(images).logits.square().sum().backward()
+    for (name_a, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name_a)
+    for (key, a), (_, b) in zip(plain.state_dict().items(), checkpointed.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=f"{key}: BN statistics must be updated once per step")

@@ -29,6 +29,7 @@ class VGG(nn.Module):
         width: channel multiplier (1.0 = the paper).
         dropout: keep the dropout layers.
         input_size: design size (recorded; any input of at least ``min_input_size`` runs).
+        checkpointing: activation checkpointing of the trunk (less memory, ~1 extra forward).
         in_channels: image channels.
     """
 
@@ -39,6 +40,7 @@ class VGG(nn.Module):
         width: float = 1.0,
         dropout: bool = True,
         input_size: int | Sequence[int] = 32,
+        checkpointing: bool = False,
         in_channels: int = 3,
     ) -> None:
         super().__init__()
@@ -46,8 +48,9 @@ class VGG(nn.Module):
         self.in_channels = in_channels
         self.input_size = as_size(input_size)
         self.options = dict(width=width, dropout=dropout, input_size=self.input_size,
-                            in_channels=in_channels)
-        self.trunk = VGGTrunk(vgg_bn_drop_plan(), in_channels=in_channels, width=width, dropout=dropout)
+                            checkpointing=checkpointing, in_channels=in_channels)
+        self.trunk = VGGTrunk(vgg_bn_drop_plan(), in_channels=in_channels, width=width, dropout=dropout,
+                              checkpointing=checkpointing)
         self.min_input_size = self.trunk.min_input_size
         self.add_module("global", nn.Sequential())
         self._modules["global"].add_module("drop", nn.Dropout(0.5) if dropout else nn.Identity())
@@ -83,7 +86,8 @@ class VGGGAP(nn.Module):
 
     Args:
         num_classes: classes K.
-        width, dropout, input_size, first_pool, in_channels: as for :class:`VGGAttention`.
+        width, dropout, input_size, first_pool, checkpointing, in_channels: as for
+            :class:`VGGAttention`.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class VGGGAP(nn.Module):
         dropout: bool = True,
         input_size: int | Sequence[int] = 32,
         first_pool: int | None = None,
+        checkpointing: bool = False,
         in_channels: int = 3,
     ) -> None:
         super().__init__()
@@ -102,9 +107,9 @@ class VGGGAP(nn.Module):
         self.input_size = as_size(input_size)
         first_pool = default_first_pool(self.input_size) if first_pool is None else int(first_pool)
         self.options = dict(width=width, dropout=dropout, input_size=self.input_size,
-                            first_pool=first_pool, in_channels=in_channels)
+                            first_pool=first_pool, checkpointing=checkpointing, in_channels=in_channels)
         self.trunk = VGGTrunk(attention_plan(first_pool, depth=13), in_channels=in_channels,
-                              width=width, dropout=dropout)
+                              width=width, dropout=dropout, checkpointing=checkpointing)
         self.min_input_size = self.trunk.min_input_size
         stride = self.trunk.strides["conv13"]
         self.levels = (LevelInfo("conv13", self.trunk.out_channels, float(stride), stride / 2.0),)

@@ -1,10 +1,14 @@
 """VGG conv stacks described as data (a layer plan), with taps before and after every pool."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .blocks import ConvBNReLU, msr_init_
 
@@ -69,13 +73,24 @@ class VGGTrunk(nn.Module):
         in_channels: image channels.
         width: channel multiplier for CPU-scale experiments (1.0 = the paper).
         dropout: keep the plan's dropout layers (False removes them all).
+        checkpointing: in training, keep only each conv block's input for backward and recompute
+            the rest (activation checkpointing): much less memory for large inputs, about one
+            extra forward pass of compute. Results, gradients and BN running statistics are the
+            same as without it.
     """
 
     def __init__(
-        self, plan: list[Conv | Pool], *, in_channels: int = 3, width: float = 1.0, dropout: bool = True
+        self,
+        plan: list[Conv | Pool],
+        *,
+        in_channels: int = 3,
+        width: float = 1.0,
+        dropout: bool = True,
+        checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.plan = tuple(plan)
+        self.checkpointing = checkpointing
         self.in_channels = in_channels
         channels = in_channels
         self.channels: dict[str, int] = {}
@@ -98,12 +113,50 @@ class VGGTrunk(nn.Module):
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Returns ``{layer name: output}``; the last entry is the trunk's output."""
         taps: dict[str, Tensor] = {}
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.plan:
             if isinstance(layer, Conv):
-                x = getattr(self, layer.name)(x)
+                block = getattr(self, layer.name)
+                if recompute:
+                    x = checkpoint(_RunOnce(block), x, use_reentrant=False)
+                else:
+                    x = block(x)
             elif layer.kernel == GLOBAL:
                 x = F.adaptive_max_pool2d(x, 1)
             else:
                 x = F.max_pool2d(x, layer.kernel)
             taps[layer.name] = x
         return taps
+
+
+class _RunOnce:
+    """Calls ``block``; calls after the first (checkpoint's recomputation) leave BN statistics alone.
+
+    Without this, recomputing a block in training mode would update BatchNorm's running mean
+    and variance a second time for the same batch.
+    """
+
+    def __init__(self, block: nn.Module) -> None:
+        self.block = block
+        self.calls = 0
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            return self.block(x)
+        with _frozen_bn_statistics(self.block):
+            return self.block(x)
+
+
+@contextlib.contextmanager
+def _frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    try:
+        for m in norms:
+            m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)

@@ -104,6 +104,7 @@ class VGGAttention(nn.Module):
             ``min(input_size) // 16`` (5 at 80 px, the paper's CUB model).
         grad_average: reproduce the official code's hand-written backward, which averages
             gradients where branches join (needed for its lr 1.0 recipe).
+        checkpointing: activation checkpointing of the trunk (less memory, ~1 extra forward).
         in_channels: image channels.
     """
 
@@ -124,6 +125,7 @@ class VGGAttention(nn.Module):
         input_size: int | Sequence[int] = 32,
         first_pool: int | None = None,
         grad_average: bool = False,
+        checkpointing: bool = False,
         in_channels: int = 3,
     ) -> None:
         super().__init__()
@@ -149,10 +151,11 @@ class VGGAttention(nn.Module):
                             indep_reduce=indep_reduce, normalisation=normalisation,
                             placement=placement, channel_match=channel_match, dropout=dropout,
                             width=width, input_size=self.input_size, first_pool=first_pool,
-                            grad_average=grad_average, in_channels=in_channels)
+                            grad_average=grad_average, checkpointing=checkpointing,
+                            in_channels=in_channels)
 
         self.trunk = VGGTrunk(attention_plan(first_pool), in_channels=in_channels, width=width,
-                              dropout=dropout)
+                              dropout=dropout, checkpointing=checkpointing)
         g_dim = scale_width(512, width)
         self.add_module("global", nn.Sequential())  # registered under the readable name "global"
         self.global_branch.add_module("drop", nn.Dropout(0.5) if dropout else nn.Identity())
