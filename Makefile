@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench figure clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/memory.py
+
+# The README's picture: the demo's overlay grid.
+figure: demo
+	mkdir -p docs
+	cp runs/demo/attention_overlays.png docs/demo_attention.png
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info .pytest_cache

@@ -24,7 +24,7 @@ from .train.loop import RunResult, fit
 
 __all__ = ["demo_config", "run_demo", "DemoResult", "score_synthetic_run"]
 
-NUM_OVERLAY_IMAGES = 8
+NUM_OVERLAY_IMAGES = 4
 
 
 def demo_config(**overrides) -> TrainConfig:
