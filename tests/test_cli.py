@@ -129,3 +129,15 @@ def test_demo_trains_scores_and_prints_a_summary(tmp_path):
     assert "pointing game" in result.summary and "(centre)" in result.summary
     for name in ("attention_overlays.png", "localisation.json", "summary.txt"):
         assert (tmp_path / "demo" / name).is_file()
+
+
+def test_data_describes_a_spec(capsys):
+    assert main(["data", "synthetic,num_train=40,num_test=20"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 40 images" in out and "test: 20 images" in out
+
+
+def test_data_missing_files_say_where_and_how_to_get_them(tmp_path, capsys):
+    assert main(["data", f"cifar10:{tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "data_batch_1" in err and "cifar-10-python.tar.gz" in err and "--download" in err

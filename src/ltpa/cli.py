@@ -66,6 +66,13 @@ def _cmd_attend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data(args: argparse.Namespace) -> int:
+    from .data.sources import describe, load_data
+
+    print(describe(load_data(args.spec, download=args.download)))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -109,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cmap", default="jet", help="matplotlib colormap")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
     p.set_defaults(func=_cmd_attend)
+
+    p = sub.add_parser("data", help="show what a data spec resolves to (images, classes, annotations)")
+    p.add_argument("spec", help="e.g. synthetic, cifar100:/data/cifar, cub:/data/CUB_200_2011,classes=1-10")
+    p.add_argument("--download", action="store_true", help="fetch missing official files (needs internet)")
+    p.set_defaults(func=_cmd_data)
 
     p = sub.add_parser("demo", help="train VGG-att3 on the built-in synthetic data and score its attention")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
