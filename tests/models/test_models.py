@@ -10,6 +10,7 @@ from ltpa.models import AttentionOutput
 from ltpa.models.blocks import scale_grad
 
 TINY = dict(width=0.0625)
+TINY_FOR = {"timm_att": dict(backbone="test_resnet")}  # timm architectures have no width multiplier
 SIZES = [32, 80, (50, 70)]
 
 
@@ -22,7 +23,7 @@ def _images(size, batch=2, seed=0):
 @pytest.mark.parametrize("name", ltpa.list_models())
 def test_every_model_runs_forward_and_backward(name, size):
     torch.manual_seed(0)
-    model = ltpa.create_model(name, num_classes=5, input_size=size, **TINY)
+    model = ltpa.create_model(name, num_classes=5, input_size=size, **TINY_FOR.get(name, TINY))
     images = _images(size)
     out = model(images)
     assert isinstance(out, AttentionOutput)
@@ -30,10 +31,11 @@ def test_every_model_runs_forward_and_backward(name, size):
     assert torch.isfinite(out.logits).all()
     assert len(out.maps) == len(out.levels) == len(model.levels)
     for attn, level in zip(out.maps, out.levels):
-        h = images.shape[2] // int(level.stride)
-        w = images.shape[3] // int(level.stride)
-        assert attn.shape == (2, 1, h, w), (level, attn.shape)
-        assert level.offset == level.stride / 2
+        # 2x2 pools round map sizes down, padded strided convs (ResNets) round up
+        h, w = (images.shape[d] / level.stride for d in (2, 3))
+        assert attn.shape[:2] == (2, 1), (level, attn.shape)
+        assert attn.shape[2] in (math.floor(h), math.ceil(h)), (level, attn.shape)
+        assert attn.shape[3] in (math.floor(w), math.ceil(w)), (level, attn.shape)
         assert torch.isfinite(attn).all()
     out.logits.sum().backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
@@ -74,6 +76,8 @@ def test_levels_geometry_of_the_paper_models():
     assert [tuple(m.shape[2:]) for m in out.maps] == [(16, 16), (8, 8)]  # the CIFAR geometry
     after = ltpa.create_model("vgg_att3", num_classes=10, placement="after", **TINY)
     assert [lv.stride for lv in after.levels] == [2.0, 4.0, 8.0]
+    for model in (att3, cub, after):  # k x k / stride-k pools over same-padded convs
+        assert all(lv.offset == lv.stride / 2 for lv in model.levels)
 
 
 def _count(model):
