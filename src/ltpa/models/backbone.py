@@ -35,11 +35,11 @@ import torch
 from torch import Tensor, nn
 
 from ._registry import build, register_model
-from .blocks import AttentionLevel, ClassifierHead, GlobalProjection, scale_grad
+from .blocks import LevelAttentionMixin
 from .output import AttentionOutput, LevelInfo
 from .vgg_att import _check_choice, as_size, check_images
 
-__all__ = ["LevelAttentionMixin", "TimmAttention", "load_weights_file", "trace_geometry"]
+__all__ = ["TimmAttention", "load_weights_file", "trace_geometry"]
 
 
 def _import_timm():
@@ -196,64 +196,6 @@ def trace_geometry(module: nn.Module, in_channels: int, size: tuple[int, int]) -
         for handle in handles:
             handle.remove()
     return geometry, output
-
-
-class LevelAttentionMixin:
-    """Attention levels, g projections, head and the shared forward of trunk + g models.
-
-    Subclasses are ``nn.Module``s that set ``levels``, ``normalisation`` and ``grad_average``,
-    call :meth:`_build_attention` and implement ``forward_features`` (level names and
-    ``"global"`` as keys). State-dict names follow VGG-att: ``attention.<i>`` per level,
-    ``attention.g<C>`` per projected width, ``head.*``.
-    """
-
-    def _build_attention(
-        self, g_dim: int, num_classes: int, *, compat: str, normalisation: str, channel_match: str,
-        head: str, indep_reduce: str, g_dropout: float, head_dropout: float,
-    ) -> None:
-        self.attention = nn.ModuleDict()
-        self._g_keys: list[str | None] = []
-        for index, level in enumerate(self.levels):
-            up = g_dim if channel_match == "project_l" and level.channels != g_dim else None
-            self.attention[str(index)] = AttentionLevel(level.channels, compat=compat,
-                                                        normalisation=normalisation, up_project_to=up)
-            key = None
-            if level.channels != g_dim and channel_match == "project_g":
-                key = f"g{level.channels}"  # one projection per width, shared by its levels
-                if key not in self.attention:
-                    self.attention[key] = GlobalProjection(g_dim, level.channels, g_dropout)
-            self._g_keys.append(key)
-        head_dims = [self.attention[str(i)].out_channels for i in range(len(self.levels))]
-        self.head = ClassifierHead(head_dims, num_classes, mode=head, indep_reduce=indep_reduce,
-                                   dropout=head_dropout)
-
-    def forward_head(self, features: dict[str, Tensor]) -> AttentionOutput:
-        """Attention and classifier on the output of ``forward_features``."""
-        g = features["global"]
-        if self.grad_average:
-            g = scale_grad(g, 1.0 / len(self.levels))
-        attended, maps, scores = [], [], []
-        for index, info in enumerate(self.levels):
-            local = features[info.name]
-            if self.grad_average:
-                scale_grad(local, 0.5)
-            key = self._g_keys[index]
-            g_level = self.attention[key](g) if key is not None else g
-            g_a, weights, raw = self.attention[str(index)](local, g_level)
-            attended.append(g_a)
-            maps.append(weights)
-            scores.append(raw)
-        logits, head_features = self.head(attended)
-        return AttentionOutput(logits, tuple(maps), tuple(scores), self.levels, head_features,
-                               self.normalisation)
-
-    def forward(self, images: Tensor) -> AttentionOutput:
-        return self.forward_head(self.forward_features(images))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Re-initialise the final classifier for ``num_classes``."""
-        self.head.reset(num_classes)
-        self.num_classes = num_classes
 
 
 class TimmAttention(LevelAttentionMixin, nn.Module):

@@ -35,8 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import build, register_model
-from .backbone import LevelAttentionMixin
-from .blocks import ConvBNReLU, msr_init_
+from .blocks import ConvBNReLU, LevelAttentionMixin, msr_init_
 from .output import AttentionOutput, LevelInfo
 from .trunk import scale_width
 from .vgg_att import _check_choice, as_size, check_images

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import build, register_model
-from .blocks import AttentionLevel, ClassifierHead, GlobalProjection, scale_grad
+from .blocks import ClassifierHead, LevelAttentionMixin
 from .output import AttentionOutput, LevelInfo
 from .trunk import VGGTrunk, attention_plan, scale_width
 
@@ -76,7 +76,7 @@ def _check_choice(key: str, value: str) -> None:
         raise ValueError(f"{key} must be one of {_CHOICES[key]}, got {value!r}")
 
 
-class VGGAttention(nn.Module):
+class VGGAttention(LevelAttentionMixin, nn.Module):
     """VGG trunk + global vector g + attention over chosen levels + classifier.
 
     All arguments are keyword-only; registered builders (``vgg_att1/2/3``, ``vgg_noatt``) fix
@@ -162,29 +162,20 @@ class VGGAttention(nn.Module):
         self.global_branch.add_module("fc", nn.Linear(self.trunk.out_channels, g_dim))
         self.min_input_size = self.trunk.min_input_size
 
-        level_infos: list[LevelInfo] = []
-        if attention:
-            self.attention = nn.ModuleDict()
-            self._g_keys: list[str | None] = []
-            for index, level in enumerate(levels):
-                tap = f"conv{level}" if placement == "before" else f"pool{level}"
-                channels, stride = self.trunk.channels[tap], self.trunk.strides[tap]
-                level_infos.append(LevelInfo(tap, channels, float(stride), stride / 2.0))
-                up = g_dim if channel_match == "project_l" and channels != g_dim else None
-                self.attention[str(index)] = AttentionLevel(
-                    channels, compat=compat, normalisation=normalisation, up_project_to=up)
-                key = None
-                if channels != g_dim and channel_match == "project_g":
-                    key = f"g{channels}"  # one projection per width, shared by its levels
-                    if key not in self.attention:
-                        self.attention[key] = GlobalProjection(g_dim, channels, 0.5 if dropout else 0.0)
-                self._g_keys.append(key)
-            head_dims = [self.attention[str(i)].out_channels for i in range(len(levels))]
-        else:
-            head_dims = [g_dim]
+        level_infos = []
+        for level in levels if attention else ():
+            tap = f"conv{level}" if placement == "before" else f"pool{level}"
+            stride = self.trunk.strides[tap]
+            level_infos.append(LevelInfo(tap, self.trunk.channels[tap], float(stride), stride / 2.0))
         self.levels: tuple[LevelInfo, ...] = tuple(level_infos)
-        self.head = ClassifierHead(head_dims, num_classes, mode=head, indep_reduce=indep_reduce,
-                                   dropout=0.5 if dropout else 0.0)
+        head_dropout = 0.5 if dropout else 0.0
+        if attention:
+            self._build_attention(g_dim, num_classes, compat=compat, normalisation=normalisation,
+                                  channel_match=channel_match, head=head, indep_reduce=indep_reduce,
+                                  g_dropout=head_dropout, head_dropout=head_dropout)
+        else:
+            self.head = ClassifierHead([g_dim], num_classes, mode=head, indep_reduce=indep_reduce,
+                                       dropout=head_dropout)
 
     @property
     def global_branch(self) -> nn.Sequential:
@@ -202,34 +193,10 @@ class VGGAttention(nn.Module):
 
     def forward_head(self, features: dict[str, Tensor]) -> AttentionOutput:
         """Attention and classifier on the output of :meth:`forward_features`."""
-        g = features["global"]
-        if not self.use_attention:
-            logits, head_features = self.head([g])
-            return AttentionOutput(logits, (), None, (), head_features, "none")
-        if self.grad_average:
-            g = scale_grad(g, 1.0 / len(self.levels))
-        attended, maps, scores = [], [], []
-        for index, info in enumerate(self.levels):
-            local = features[info.name]
-            if self.grad_average:
-                scale_grad(local, 0.5)
-            key = self._g_keys[index]
-            g_level = self.attention[key](g) if key is not None else g
-            g_a, weights, raw = self.attention[str(index)](local, g_level)
-            attended.append(g_a)
-            maps.append(weights)
-            scores.append(raw)
-        logits, head_features = self.head(attended)
-        return AttentionOutput(logits, tuple(maps), tuple(scores), self.levels, head_features,
-                               self.normalisation)
-
-    def forward(self, images: Tensor) -> AttentionOutput:
-        return self.forward_head(self.forward_features(images))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Re-initialise the final classifier for ``num_classes`` (e.g. CIFAR-100 -> CUB-200)."""
-        self.head.reset(num_classes)
-        self.num_classes = num_classes
+        if self.use_attention:
+            return super().forward_head(features)
+        logits, head_features = self.head([features["global"]])
+        return AttentionOutput(logits, (), None, (), head_features, "none")
 
 
 @register_model
