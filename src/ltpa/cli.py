@@ -13,7 +13,7 @@ logger = logging.getLogger("ltpa")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from . import create_model, list_models
+    from .models import create_model, list_models, model_summary
 
     names = list_models(args.pattern)
     if not names:
@@ -22,15 +22,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
         model = create_model(name, num_classes=100)
         params = sum(p.numel() for p in model.parameters()) / 1e6
         levels = ", ".join(level.name for level in model.levels) or "-"
-        doc = (model.__class__.__name__ if not _builder_doc(name) else _builder_doc(name))
-        print(f"{name:<12} {params:6.2f}M params (100 classes)  maps: {levels:<20} {doc}")
+        print(f"{name:<14}{params:6.2f}M  maps: {levels:<22} {model_summary(name)}")
+    print("(parameters counted with 100 classes)")
     return 0
-
-
-def _builder_doc(name: str) -> str:
-    from .models._registry import _builders
-
-    return (_builders[name].__doc__ or "").strip().splitlines()[0] if _builders[name].__doc__ else ""
 
 
 def _config_from_args(args: argparse.Namespace):

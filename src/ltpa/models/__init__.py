@@ -1,5 +1,5 @@
 """ltpa models: import this package to register every model."""
-from ._registry import create_model, is_model, list_models, register_model
+from ._registry import create_model, is_model, list_models, model_summary, register_model
 from .output import AttentionOutput, LevelInfo
 from . import vgg_att as _vgg_att  # noqa: F401  (registers vgg_att1/2/3, vgg_noatt)
 from . import baselines as _baselines  # noqa: F401  (registers vgg, vgg_gap)
@@ -13,5 +13,5 @@ from .vgg_att import VGGAttention
 __all__ = [
     "AttentionOutput", "LevelInfo", "PreActResNet", "RNAttention", "TimmAttention", "VGG", "VGGGAP",
     "VGGAttention",
-    "create_model", "is_model", "list_models", "register_model",
+    "create_model", "is_model", "list_models", "model_summary", "register_model",
 ]

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-__all__ = ["register_model", "create_model", "list_models", "is_model", "build"]
+__all__ = ["register_model", "create_model", "list_models", "is_model", "build", "model_summary"]
 
 _builders: dict[str, Callable[..., nn.Module]] = {}
 
@@ -30,6 +30,12 @@ def list_models(pattern: str | None = None) -> list[str]:
 
 def is_model(name: str) -> bool:
     return name in _builders
+
+
+def model_summary(name: str) -> str:
+    """The first line of a registered builder's docstring (one-line description of the model)."""
+    doc = (_builders[name].__doc__ or "").strip()
+    return doc.splitlines()[0].replace("``", "") if doc else ""
 
 
 def create_model(name: str, *, num_classes: int = 10, **options) -> nn.Module:
