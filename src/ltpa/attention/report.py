@@ -1,0 +1,274 @@
+"""Everything about where a model looks, against ground truth, in one call and one folder.
+
+:func:`localise` computes, for the learned attention (each level) and the baselines (Grad-CAM,
+Grad-CAM++, LayerCAM, CAM of a VGG-GAP model, centre prior, random), on the same images:
+
+* pointing game (with ``tolerance``) and energy pointing game against the mask (or box);
+* Jaccard of binarised maps against the mask (fixed and data-set-best thresholds, per-image
+  upper bound), see :mod:`ltpa.attention.segmentation`;
+* the level x part table, see :mod:`ltpa.attention.parts`, when keypoints are given;
+* deletion / insertion AUCs, see :mod:`ltpa.attention.faithfulness`;
+* the spread diagnostics of the learned maps and their plain-words explanation, see
+  :mod:`ltpa.attention.diagnostics`.
+
+:func:`write_localisation_report` writes ``localisation.json`` (everything), ``localisation.csv``
+(one row per method/level, one column per metric), ``diagnostics.txt`` (the explanation),
+``parts.png`` and ``faithfulness.png``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ltpa.attention._inputs import prepare_images
+from ltpa.attention.cam_baselines import CAM_METHODS, default_cam_layer, gap_cam_maps, grad_cam_maps
+from ltpa.attention.diagnostics import explain, summarise_maps
+from ltpa.attention.faithfulness import deletion_insertion, plot_faithfulness
+from ltpa.attention.localisation import box_to_mask, centre_prior, energy_pointing_game, pointing_game, random_map
+from ltpa.attention.maps import AttentionMaps, compute_maps
+from ltpa.attention.overlays import save_figure
+from ltpa.attention.parts import part_table, plot_part_table
+from ltpa.attention.segmentation import DEFAULT_THRESHOLDS, segmentation_scores
+
+__all__ = ["METHODS", "DEFAULT_METHODS", "localise", "localise_trained", "write_localisation_report"]
+
+METHODS = ("attention", *CAM_METHODS, "cam", "centre", "random")
+DEFAULT_METHODS = ("attention", *CAM_METHODS, "centre", "random")
+CSV_COLUMNS = ("method", "level", "kind", "pointing", "energy", "jaccard_fixed", "jaccard_best",
+               "best_threshold", "jaccard_per_image_best_upper_bound", "peak_on_part", "peak_part_fraction",
+               "deletion_auc", "insertion_auc")
+
+
+def _heats(
+    model: nn.Module, inputs: Tensor, methods: Sequence[str], *, gap_model: nn.Module | None,
+    cam_layer: str | None, target_classes: Tensor | None, seed: int, batch_size: int,
+) -> tuple[dict[str, dict], AttentionMaps | None]:
+    """``{row name: {"method", "level", "kind", "heat": (N, H, W)}}`` and the learned maps."""
+    count, _, height, width = inputs.shape
+    rows: dict[str, dict] = {}
+    learned = None
+    if "attention" in methods:
+        learned = compute_maps(model, inputs, batch_size=batch_size)
+        agnostic = learned.normalisation in ("softmax", "sigmoid")
+        kind = "learned attention, class-agnostic" if agnostic else "learned map, predicted class"
+        for level, heat in zip(learned.levels, learned.upsampled):
+            rows[f"attention/{level.name}"] = {"method": "attention", "level": level.name, "kind": kind, "heat": heat[:, 0]}
+    cams = [m for m in methods if m in CAM_METHODS]
+    if cams:
+        target = "target_classes" if target_classes is not None else "predicted class"
+        for name, maps in grad_cam_maps(model, inputs, methods=cams, layer=cam_layer,
+                                        target_classes=target_classes, batch_size=batch_size).items():
+            level = maps.levels[0].name
+            rows[f"{name}/{level}"] = {"method": name, "level": level, "kind": f"post-hoc, {target}",
+                                       "heat": maps.upsampled[0][:, 0]}
+    if "cam" in methods:
+        if gap_model is None:
+            raise ValueError("method 'cam' needs a trained VGG-GAP model: pass gap_model=..., or drop 'cam'.")
+        maps = gap_cam_maps(gap_model, inputs, target_classes=target_classes, batch_size=batch_size)
+        rows["cam/vgg_gap"] = {"method": "cam", "level": maps.levels[0].name,
+                               "kind": "CAM of a separate VGG-GAP model", "heat": maps.upsampled[0][:, 0]}
+    if "centre" in methods:
+        rows["centre"] = {"method": "centre", "level": "", "kind": "baseline: Gaussian centre prior",
+                          "heat": centre_prior((height, width), batch_size=count)}
+    if "random" in methods:
+        generator = torch.Generator().manual_seed(seed)
+        rows["random"] = {"method": "random", "level": "", "kind": f"baseline: uniform noise (seed {seed})",
+                          "heat": random_map((height, width), generator, batch_size=count)}
+    return rows, learned
+
+
+def localise(
+    model: nn.Module,
+    images: Tensor,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    masks: Tensor | None = None,
+    boxes: Tensor | None = None,
+    parts: Tensor | None = None,
+    part_visible: Tensor | None = None,
+    part_names: Sequence[str] | None = None,
+    targets: Tensor | None = None,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    gap_model: nn.Module | None = None,
+    cam_layer: str | None = None,
+    target_classes: Tensor | None = None,
+    tolerance: float = 0.0,
+    part_radius: float | None = None,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    fixed_threshold: float = 0.5,
+    faithfulness_images: int | None = None,
+    steps: int = 16,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict:
+    """Every localisation metric per method and level, on one set of images.
+
+    The model's mode, parameters' gradients and the caller's tensors are left unchanged.
+
+    Args:
+        model: a trained ltpa model with attention (e.g. ``load_trained(path).model``).
+        images: uint8 ``(N, 3, H, W)`` with ``mean``/``std`` (``trained.config.mean``/``std``),
+            or float images already normalised (then no mean/std).
+        masks: bool ``(N, H, W)`` object masks; the region of every score. Without masks,
+            ``boxes`` ``(N, 4)`` ``(x0, y0, x1, y1)`` are rasterised (Jaccard is then against boxes).
+        parts: ``(N, P, 2)`` keypoints ``(x, y)`` with ``part_visible`` bool ``(N, P)`` and
+            ``part_names`` (P); enables the part table.
+        targets: ``(N,)`` true classes; adds the accuracy.
+        methods: subset of :data:`METHODS`; ``"attention"`` gives one row per level, ``"cam"``
+            needs ``gap_model``.
+        gap_model: a trained VGG-GAP model on the same data, for ``"cam"``.
+        cam_layer: Grad-CAM layer, default :func:`~ltpa.attention.cam_baselines.default_cam_layer`.
+        target_classes: ``(N,)`` classes the class-specific maps explain (default the
+            prediction); LTPA attention is class-agnostic and ignores it.
+        tolerance: pointing-game tolerance in pixels.
+        part_radius: keypoint disc radius in px; default 6% of the short side (~2 px at 32).
+        thresholds, fixed_threshold: Jaccard threshold grid and fixed threshold.
+        faithfulness_images: deletion/insertion on the first this many images (``0`` skips
+            them, ``None`` uses all; each costs ``2 * (steps + 1)`` forward passes per row).
+        steps: deletion/insertion steps.
+        seed: seed of the random baseline.
+        batch_size: images per forward pass.
+
+    Returns:
+        A JSON-ready dict: ``num_images``, ``image_size``, ``region``, ``tolerance``,
+        ``accuracy`` (or None), ``rows`` ``{row: {"method", "level", "kind", "pointing",
+        "energy", "jaccard_fixed", ...}}`` (the CSV), ``segmentation`` (full curves),
+        ``parts`` (table or None), ``faithfulness`` (curves or None), ``diagnostics`` and
+        ``explanation`` (learned maps; None without ``"attention"``).
+
+    Raises:
+        ValueError: no ground truth, mismatched counts, unknown methods.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}.")
+    inputs = prepare_images(images, mean, std)
+    count, _, height, width = inputs.shape
+    if masks is None and boxes is None:
+        raise ValueError("localise needs ground truth: pass masks=(N, H, W) bool or boxes=(N, 4).")
+    region = "mask" if masks is not None else "box"
+    truth = torch.as_tensor(masks) if masks is not None else box_to_mask(boxes, (height, width))
+    if truth.shape != (count, height, width) or truth.dtype != torch.bool:
+        raise ValueError(f"masks must be bool ({count}, {height}, {width}) like the images, got "
+                         f"{truth.dtype} {tuple(truth.shape)}.")
+    if parts is not None and part_names is None:
+        raise ValueError("parts need part_names (one name per keypoint), e.g. dataset.part_names.")
+
+    rows, learned = _heats(model, inputs, methods, gap_model=gap_model, cam_layer=cam_layer,
+                           target_classes=target_classes, seed=seed, batch_size=batch_size)
+    table: dict[str, dict] = {}
+    segmentation: dict[str, dict] = {}
+    for name, row in rows.items():
+        heat = row["heat"]
+        seg = segmentation_scores(heat, truth, thresholds=thresholds, fixed_threshold=fixed_threshold)
+        segmentation[name] = seg
+        table[name] = {
+            "method": row["method"], "level": row["level"], "kind": row["kind"],
+            "pointing": float(pointing_game(heat, mask=truth, tolerance=tolerance).float().mean()),
+            "energy": float(energy_pointing_game(heat, mask=truth).nanmean()),
+            **{key: seg[key] for key in ("jaccard_fixed", "jaccard_best", "best_threshold",
+                                         "jaccard_per_image_best_upper_bound")},
+        }
+
+    parts_result = None
+    if parts is not None:
+        radius = 0.06 * min(height, width) if part_radius is None else part_radius
+        parts_result = part_table({name: row["heat"] for name, row in rows.items()}, parts, part_visible,
+                                  part_names, radius=radius)
+        for name, info in parts_result["levels"].items():
+            part, fraction = max(info["peak"].items(), key=lambda item: item[1])
+            table[name].update(peak_on_part=part, peak_part_fraction=fraction)
+
+    faithfulness = None
+    used = count if faithfulness_images is None else min(int(faithfulness_images), count)
+    if used > 0:
+        faithfulness = deletion_insertion(
+            model, inputs[:used], {name: row["heat"][:used] for name, row in rows.items()},
+            steps=steps, batch_size=max(batch_size, 4 * (steps + 1)),
+            target_classes=None if target_classes is None else torch.as_tensor(target_classes)[:used])
+        for name, scores in faithfulness["methods"].items():
+            table[name].update(deletion_auc=scores["deletion"]["auc"], insertion_auc=scores["insertion"]["auc"])
+
+    diagnostics = summarise_maps(learned) if learned is not None else None
+    accuracy = None
+    reference = learned.predictions if learned is not None else None
+    if targets is not None:
+        if reference is None:
+            reference = compute_maps(model, inputs, batch_size=batch_size).predictions
+        accuracy = float((reference == torch.as_tensor(targets)).float().mean())
+    return _jsonable({
+        "num_images": count, "image_size": [height, width], "region": region, "tolerance": tolerance,
+        "accuracy": accuracy, "methods": list(methods),
+        "cam_layer": (cam_layer or default_cam_layer(model)) if any(m in CAM_METHODS for m in methods) else None,
+        "rows": table, "segmentation": segmentation, "parts": parts_result,
+        "faithfulness": faithfulness, "faithfulness_images": used,
+        "diagnostics": diagnostics, "explanation": explain(diagnostics) if diagnostics else None,
+    })
+
+
+def localise_trained(trained, images: Tensor, **kwargs) -> dict:
+    """:func:`localise` for a :func:`ltpa.inference.load_trained` result and uint8 images: the
+    training mean/std come from its config."""
+    config = trained.config
+    return localise(trained.model, images, mean=config.mean, std=config.std, **kwargs)
+
+
+def _jsonable(value):
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def format_table(result: dict) -> str:
+    """The rows of :func:`localise` as an aligned text table (for logs and the CLI)."""
+    columns = [c for c in CSV_COLUMNS[3:] if any(c in row for row in result["rows"].values())]
+    header = f"{'method/level':<22}" + "".join(f"{c[:14]:>15}" for c in columns)
+    lines = [header]
+    for name, row in result["rows"].items():
+        cells = []
+        for c in columns:
+            value = row.get(c)
+            cells.append(f"{value:>15.3f}" if isinstance(value, float) else f"{str(value if value is not None else ''):>15}")
+        lines.append(f"{name:<22}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def write_localisation_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write :func:`localise`'s result into ``out_dir`` (created if needed; files replaced atomically).
+
+    Returns:
+        ``{"json", "csv", "diagnostics", "parts", "faithfulness"}`` paths of the files written
+        (the last three only when the result has them).
+    """
+    from ltpa.train.checkpoint import atomic_write_bytes, atomic_write_json
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {str(out)!r} is a file; give a folder for the localisation report.")
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"json": atomic_write_json(out / "localisation.json", _jsonable(result))}
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in result["rows"].values():
+        writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in CSV_COLUMNS})
+    written["csv"] = atomic_write_bytes(out / "localisation.csv", buffer.getvalue().encode("utf-8"))
+    if result.get("explanation"):
+        written["diagnostics"] = atomic_write_bytes(out / "diagnostics.txt",
+                                                    (result["explanation"] + "\n").encode("utf-8"))
+    if result.get("parts"):
+        written["parts"] = save_figure(plot_part_table(result["parts"]), out / "parts.png")
+    if result.get("faithfulness"):
+        written["faithfulness"] = save_figure(plot_faithfulness(result["faithfulness"]), out / "faithfulness.png")
+    return written

@@ -1,0 +1,187 @@
+"""Images with binary object masks from a folder: ground truth for weakly supervised segmentation.
+
+Supported layouts (image and mask match by file stem, any suffix in ``IMAGE_SUFFIXES``)::
+
+    root/images/a.jpg  + root/masks/a.png            one class (named after root)
+    root/<class>/a.jpg + root/<class>/GroundTruth/a.png    Object Discovery (Rubinstein et al. 2013)
+    root/<class>/images/a.jpg + root/<class>/masks/a.png   one class per folder
+    root/rgb/horse001.jpg + root/figure_ground/horse001.jpg   Weizmann horses
+
+Image folders may be named ``images``, ``image``, ``img``, ``rgb`` (or be the class folder
+itself); mask folders ``masks``, ``mask``, ``GroundTruth``, ``ground_truth``, ``gt`` or
+``figure_ground`` (names compared case-insensitively).
+
+A mask is read as grey levels, resized to its image with nearest neighbour if the sizes differ,
+and thresholded at 50%: ``>= 128`` of 255, or ``>= 1`` for masks stored as 0/1 (maximum value 1).
+An image without a mask or a mask without an image is left out with one warning giving the count
+and a few names. Then image (bilinear) and mask (nearest) go through the same resize: short side
+to ``size`` and centre crop, as :func:`ltpa.data.images.load_image` does.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from ltpa.data.images import IMAGE_SUFFIXES
+
+__all__ = ["MaskedImages", "IMAGE_DIRS", "MASK_DIRS", "find_mask_pairs", "load_mask_folder", "mask_boxes"]
+
+IMAGE_DIRS = ("images", "image", "img", "rgb")
+MASK_DIRS = ("masks", "mask", "groundtruth", "ground_truth", "gt", "figure_ground")
+
+
+@dataclass(frozen=True)
+class MaskedImages:
+    """Images, masks and their tight boxes.
+
+    Attributes:
+        images: uint8 ``(N, 3, S, S)`` RGB.
+        masks: bool ``(N, S, S)``, True on the object.
+        boxes: float32 ``(N, 4)`` ``(x0, y0, x1, y1)`` tight box of each mask (zeros if empty).
+        labels: int64 ``(N,)`` index into ``class_names``.
+        class_names: one name per class folder (the root's name for a single-class folder).
+        paths: ``(image path, mask path)`` per sample.
+    """
+
+    images: Tensor
+    masks: Tensor
+    boxes: Tensor
+    labels: Tensor
+    class_names: tuple[str, ...]
+    paths: tuple[tuple[Path, Path], ...]
+
+
+def _subdir(folder: Path, names: tuple[str, ...]) -> Path | None:
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and child.name.lower() in names:
+            return child
+    return None
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES}
+
+
+def _pairs_in(folder: Path) -> tuple[list[tuple[Path, Path]], list[str], list[str]] | None:
+    masks_dir = _subdir(folder, MASK_DIRS)
+    if masks_dir is None:
+        return None
+    images_dir = _subdir(folder, IMAGE_DIRS) or folder
+    images, masks = _files(images_dir), _files(masks_dir)
+    pairs = [(images[stem], masks[stem]) for stem in sorted(images) if stem in masks]
+    return pairs, sorted(set(images) - set(masks)), sorted(set(masks) - set(images))
+
+
+def find_mask_pairs(root: str | Path) -> dict[str, list[tuple[Path, Path]]]:
+    """``{class name: [(image, mask), ...]}`` for a folder in one of the supported layouts.
+
+    Raises:
+        FileNotFoundError: ``root`` is missing or holds no matched image/mask pair.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"mask data root {str(root)!r} is not a folder.")
+    found = _pairs_in(root)
+    classes = {root.name: found} if found is not None else {}
+    if not classes:
+        for child in sorted(p for p in root.iterdir() if p.is_dir()):
+            pairs = _pairs_in(child)
+            if pairs is not None:
+                classes[child.name] = pairs
+    no_mask = [f"{c}/{s}" for c, (_, missing, _) in classes.items() for s in missing]
+    no_image = [f"{c}/{s}" for c, (_, _, missing) in classes.items() for s in missing]
+    for what, names in (("image(s) without a mask", no_mask), ("mask(s) without an image", no_image)):
+        if names:
+            warnings.warn(f"{len(names)} {what} in {str(root)!r} left out, e.g. {names[:3]}.", stacklevel=2)
+    result = {name: pairs for name, (pairs, _, _) in classes.items() if pairs}
+    if not result:
+        raise FileNotFoundError(
+            f"no image/mask pairs found under {str(root)!r}; expected root/images + root/masks, "
+            "root/<class>/*.jpg + root/<class>/GroundTruth/*.png, or root/rgb + root/figure_ground "
+            f"(mask folders: {MASK_DIRS}; image folders: {IMAGE_DIRS}).")
+    return result
+
+
+def _open(path: Path, mode: str) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert(mode)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ValueError(f"cannot read {str(path)!r} as an image ({err}).") from err
+
+
+def _resize_crop(img: Image.Image, size: int, resample: int) -> Image.Image:
+    scale = size / min(img.size)
+    new_w, new_h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
+    img = img.resize((new_w, new_h), resample)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    image = _open(image_path, "RGB")
+    grey = _open(mask_path, "L")
+    if grey.size != image.size:
+        grey = grey.resize(image.size, Image.Resampling.NEAREST)
+    values = np.asarray(grey)
+    threshold = 1 if values.max() == 1 else 128  # 0/1 masks, else 50% of 255
+    binary = Image.fromarray(((values >= threshold) * 255).astype(np.uint8))
+    image = _resize_crop(image, size, Image.Resampling.BILINEAR)
+    binary = _resize_crop(binary, size, Image.Resampling.NEAREST)
+    return np.asarray(image, dtype=np.uint8), np.asarray(binary) >= 128
+
+
+def mask_boxes(masks: Tensor) -> Tensor:
+    """Tight boxes ``(N, 4)`` float32 ``(x0, y0, x1, y1)`` of bool ``(N, H, W)`` masks (zeros if empty)."""
+    cols, rows = masks.any(1), masks.any(2)
+    width, height = masks.shape[2], masks.shape[1]
+    x0 = cols.to(torch.uint8).argmax(1)
+    x1 = width - cols.flip(1).to(torch.uint8).argmax(1)
+    y0 = rows.to(torch.uint8).argmax(1)
+    y1 = height - rows.flip(1).to(torch.uint8).argmax(1)
+    boxes = torch.stack([x0, y0, x1, y1], 1).float()
+    return torch.where(masks.flatten(1).any(1)[:, None], boxes, torch.zeros_like(boxes))
+
+
+def load_mask_folder(root: str | Path, size: int, *, limit: int | None = None) -> MaskedImages:
+    """Load every matched image/mask pair under ``root`` at ``size x size``.
+
+    Args:
+        root: a folder in one of the layouts of the module docstring.
+        size: output side in pixels (short side resized, then centre crop).
+        limit: keep at most this many pairs per class (in file order).
+
+    Raises:
+        FileNotFoundError: see :func:`find_mask_pairs`.
+        ValueError: an unreadable file or a bad ``size``.
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int (pixels), got {size!r}.")
+    classes = find_mask_pairs(root)
+    images, masks, labels, paths = [], [], [], []
+    for label, (name, pairs) in enumerate(classes.items()):
+        for image_path, mask_path in pairs[:limit]:
+            image, mask = _load_pair(image_path, mask_path, size)
+            images.append(image)
+            masks.append(mask)
+            labels.append(label)
+            paths.append((image_path, mask_path))
+    mask_tensor = torch.from_numpy(np.stack(masks))
+    empty = int((~mask_tensor.flatten(1).any(1)).sum())
+    if empty:
+        warnings.warn(f"{empty} mask(s) under {str(root)!r} are empty after resizing.", stacklevel=2)
+    return MaskedImages(
+        images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+        masks=mask_tensor,
+        boxes=mask_boxes(mask_tensor),
+        labels=torch.tensor(labels, dtype=torch.int64),
+        class_names=tuple(classes),
+        paths=tuple(paths),
+    )

@@ -1,0 +1,54 @@
+import csv
+import json
+
+import pytest
+import torch
+
+import ltpa
+from ltpa.attention import localise, write_localisation_report
+from ltpa.data.synthetic import SyntheticLocalisation
+
+
+def test_localise_scores_every_method_and_writes_the_report(tmp_path):
+    torch.manual_seed(0)
+    model = ltpa.create_model("vgg_att3", num_classes=2, width=0.125).train()
+    gap = ltpa.create_model("vgg_gap", num_classes=2, width=0.125)
+    data = SyntheticLocalisation(3, image_size=32, num_classes=2, seed=0, split="test")
+    images = data.images.clone()
+    hooks = sum(len(m._forward_hooks) for m in model.modules())
+    result = localise(model, data.images, mean=(0.4,) * 3, std=(0.2,) * 3, masks=data.masks, parts=data.parts,
+                      part_visible=data.part_visible, part_names=data.part_names, targets=data.targets,
+                      methods=("attention", "gradcam", "layercam", "cam", "centre", "random"), gap_model=gap,
+                      faithfulness_images=2, steps=2, thresholds=(0.25, 0.5, 0.75))
+    rows = result["rows"]
+    assert list(rows) == ["attention/conv7", "attention/conv10", "attention/conv13", "gradcam/conv13",
+                          "layercam/conv13", "cam/vgg_gap", "centre", "random"]
+    for row in rows.values():
+        assert 0 <= row["pointing"] <= 1 and 0 <= row["energy"] <= 1 and 0 <= row["jaccard_best"] <= 1
+        assert "deletion_auc" in row and row["peak_on_part"] in ("head", "tail", "none")
+    assert rows["attention/conv7"]["kind"].endswith("class-agnostic")
+    assert result["explanation"] and result["diagnostics"]["class_agnostic"]
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.equal(data.images, images)
+    assert sum(len(m._forward_hooks) for m in model.modules()) == hooks
+    assert all(p.grad is None for p in model.parameters())
+
+    written = write_localisation_report(result, tmp_path / "report")
+    assert set(written) == {"json", "csv", "diagnostics", "parts", "faithfulness"}
+    assert json.loads(written["json"].read_text())["num_images"] == 3
+    with open(written["csv"]) as handle:
+        table = list(csv.DictReader(handle))
+    assert [r["method"] for r in table][:3] == ["attention"] * 3 and "insertion_auc" in table[0]
+
+
+def test_localise_needs_ground_truth_and_known_methods():
+    model = ltpa.create_model("vgg_att1", num_classes=2, width=0.125)
+    images = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="ground truth"):
+        localise(model, images, mean=(0.5,) * 3, std=(0.5,) * 3)
+    with pytest.raises(ValueError, match="unknown method"):
+        localise(model, images, mean=(0.5,) * 3, std=(0.5,) * 3, boxes=torch.tensor([[0, 0, 8, 8]]),
+                 methods=("rise",))
+    with pytest.raises(ValueError, match="gap_model"):
+        localise(model, images, mean=(0.5,) * 3, std=(0.5,) * 3, boxes=torch.tensor([[0, 0, 8, 8]]),
+                 methods=("cam",), faithfulness_images=0)

@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from ltpa.attention import jaccard_curve, segmentation_scores
+from ltpa.attention.segmentation import binarise
+
+
+def _masks():
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[0, 2:6, 3:9] = True
+    masks[1, 8:15, 1:4] = True
+    return masks
+
+
+def test_map_equal_to_the_mask_scores_one_at_every_threshold():
+    masks = _masks()
+    scores = segmentation_scores(masks.float(), masks)
+    assert scores["jaccard_fixed"] == pytest.approx(1.0)
+    assert scores["jaccard_best"] == pytest.approx(1.0)
+    assert all(v == pytest.approx(1.0) for v in scores["jaccard_curve"])
+
+
+def test_uniform_map_scores_the_mask_area_fraction():
+    masks = _masks()
+    curve = jaccard_curve(torch.ones(2, 1, 16, 16), masks, thresholds=(0.3, 0.9))
+    expected = masks.flatten(1).sum(1).double() / 256
+    assert torch.allclose(curve, expected[:, None].expand(2, 2))
+
+
+def test_best_threshold_is_chosen_on_the_data_and_reported():
+    masks = _masks()
+    heat = masks.float() + 0.4 * (~masks).float() * (torch.arange(16) < 8).float()[None, :, None]
+    scores = segmentation_scores(heat, masks, thresholds=(0.2, 0.5, 0.8), fixed_threshold=0.3)
+    assert scores["best_threshold"] == 0.5 and scores["jaccard_best"] == pytest.approx(1.0)
+    assert scores["jaccard_fixed"] < 1.0
+    assert scores["jaccard_per_image_best_upper_bound"] >= scores["jaccard_best"]
+
+
+def test_binarise_is_relative_to_each_maps_max_and_zero_maps_are_empty():
+    heat = torch.stack([torch.tensor([[1.0, 0.5]]), torch.tensor([[10.0, 4.0]]), torch.zeros(1, 2)])
+    assert binarise(heat, 0.5).tolist() == [[[True, True]], [[True, False]], [[False, False]]]
+    with pytest.raises(ValueError):
+        binarise(heat, 0.0)
+    with pytest.raises(TypeError):
+        segmentation_scores(heat, heat.long())
