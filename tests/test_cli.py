@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ltpa.cli import main
@@ -141,3 +142,36 @@ def test_data_missing_files_say_where_and_how_to_get_them(tmp_path, capsys):
     assert main(["data", f"cifar10:{tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "data_batch_1" in err and "cifar-10-python.tar.gz" in err and "--download" in err
+
+
+def test_localise_writes_the_report_with_baselines(run_dir, tmp_path, capsys):
+    out = tmp_path / "loc"
+    assert main(["localise", str(run_dir / "checkpoints" / "best.json"), "--limit", "8", "--out", str(out),
+                 "--faithfulness-images", "4", "--steps", "2", "--methods", "attention", "gradcam", "centre"]) == 0
+    table = capsys.readouterr().out
+    for row in ("attention/conv7", "attention/conv13", "gradcam/conv13", "centre"):
+        assert row in table
+    csv = (out / "localisation.csv").read_text()
+    assert "pointing" in csv.splitlines()[0] and len(csv.splitlines()) >= 6
+    assert (out / "localisation.json").is_file() and (out / "parts.png").is_file()
+
+
+def test_localise_without_ground_truth_says_which_specs_have_it(run_dir, tmp_path, capsys, monkeypatch):
+    import ltpa.attention.ground_truth as ground_truth
+
+    no_truth = ground_truth.EvaluationSet(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), None, None, None,
+                                          None, None, (), "2 images")
+    monkeypatch.setattr(ground_truth, "load_evaluation_set", lambda *a, **k: no_truth)
+    out = tmp_path / "loc"
+    assert main(["localise", str(run_dir / "checkpoints" / "best.json"), "--out", str(out)]) == 2
+    assert "masks:PATH" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_diagnose_explains_every_level(run_dir, capsys):
+    assert main(["diagnose", str(run_dir / "checkpoints" / "best.json"), "--limit", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "class-agnostic" in out
+    for level in ("conv7 (32x32, stride 1)", "conv10 (16x16, stride 2)", "conv13 (8x8, stride 4)"):
+        assert level in out
+    assert "Verdict" in out

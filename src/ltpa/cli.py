@@ -60,6 +60,48 @@ def _cmd_attend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_set(args: argparse.Namespace, trained):
+    from .attention.ground_truth import load_evaluation_set
+
+    config = trained.config
+    spec = args.data or config.data
+    defaults = {"num_classes": config.num_classes, "seed": config.data_seed, "num_test": config.num_test}
+    return load_evaluation_set(spec, image_size=config.image_size, limit=args.limit, split=args.split,
+                               synthetic_defaults=defaults)
+
+
+def _cmd_localise(args: argparse.Namespace) -> int:
+    from .attention.report import format_table, localise_trained, write_localisation_report
+    from .inference import load_trained, prepare_out_dir
+
+    trained = load_trained(args.checkpoint)
+    evaluation = _evaluation_set(args, trained)
+    if evaluation.masks is None and evaluation.boxes is None:
+        raise ValueError(f"{args.data or trained.config.data!r} has no boxes or masks to score against; "
+                         "use synthetic, cub:PATH or masks:PATH")
+    out = prepare_out_dir(args.out, overwrite=args.overwrite, what="localisation report")
+    result = localise_trained(trained, evaluation.images, **evaluation.ground_truth(),
+                              methods=tuple(args.methods), tolerance=args.tolerance,
+                              faithfulness_images=args.faithfulness_images, steps=args.steps)
+    paths = write_localisation_report(result, out)
+    print(f"{evaluation.description}; checkpoint {trained.checkpoint}")
+    print(format_table(result))
+    print("files: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from .attention.diagnostics import diagnose, explain
+    from .inference import load_trained
+
+    trained = load_trained(args.checkpoint)
+    evaluation = _evaluation_set(args, trained)
+    summary = diagnose(trained.model, evaluation.images, mean=trained.config.mean, std=trained.config.std)
+    print(f"{evaluation.description}; checkpoint {trained.checkpoint}")
+    print(explain(summary))
+    return 0
+
+
 def _cmd_data(args: argparse.Namespace) -> int:
     from .data.sources import describe, load_data
 
@@ -110,6 +152,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cmap", default="jet", help="matplotlib colormap")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
     p.set_defaults(func=_cmd_attend)
+
+    def evaluation_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("checkpoint", help="checkpoint .json/.safetensors (e.g. RUN/checkpoints/best.json)")
+        p.add_argument("--data", default=None,
+                       help="images with ground truth: synthetic, cub:PATH, masks:PATH (default: the run's data)")
+        p.add_argument("--split", default="test", choices=("test", "train"))
+        p.add_argument("--limit", type=int, default=500, help="use the first N images (default 500)")
+
+    p = sub.add_parser("localise", help="score attention against ground truth, with CAM-family baselines")
+    evaluation_options(p)
+    p.add_argument("--out", required=True, help="report folder (JSON, CSV, figures)")
+    p.add_argument("--methods", nargs="+", default=["attention", "gradcam", "gradcam++", "layercam", "centre", "random"],
+                   help="attention gradcam gradcam++ layercam centre random")
+    p.add_argument("--tolerance", type=float, default=0.0, help="pointing-game tolerance in pixels")
+    p.add_argument("--faithfulness-images", type=int, default=100,
+                   help="images for the deletion/insertion curves (0 = skip)")
+    p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
+    p.set_defaults(func=_cmd_localise)
+
+    p = sub.add_parser("diagnose", help="explain in plain words what each attention level does")
+    evaluation_options(p)
+    p.set_defaults(func=_cmd_diagnose)
 
     p = sub.add_parser("data", help="show what a data spec resolves to (images, classes, annotations)")
     p.add_argument("spec", help="e.g. synthetic, cifar100:/data/cifar, cub:/data/CUB_200_2011,classes=1-10")
