@@ -14,6 +14,7 @@ from typing import Any, Union
 __all__ = ["TrainConfig", "apply_overrides", "resume_config", "RESUMABLE_CHANGES"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RESIZE_MODES = ("resize_crop", "bbox_crop", "squash")
 TEST_WEIGHTS = ("auto", "best", "final")
 
 
@@ -40,6 +41,11 @@ class TrainConfig:
     std: tuple[float, ...] | None = None
     hflip: bool = True
     crop_padding: int = 4  # random crop after zero padding by this many pixels; 0 = off
+    zca: bool = False  # ZCA-whiten inputs (fitted on the train split) instead of mean/std
+    zca_epsilon: float = 1e-2  # added to the covariance eigenvalues, in [0, 1] pixel units
+    resize_mode: str = "resize_crop"  # for file-based data: "resize_crop" | "bbox_crop" | "squash"
+    subset_train: int = 0  # > 0: a class-stratified subset of the real train split (CPU runs)
+    subset_test: int = 0  # > 0: the same for the test split
     # optimisation
     epochs: int = 30
     batch_size: int = 128
@@ -55,6 +61,12 @@ class TrainConfig:
     lr_gamma: float = 0.5
     warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr, per optimizer step
     grad_clip_norm: float = 0.0  # 0 = no clipping
+    # transfer (ltpa.transfer): start from another run's weights
+    init: str | None = None  # checkpoint (or state dict) to initialise from
+    transfer: tuple[str, ...] = ()  # patterns or a preset name; () = "all-but-head" with init
+    freeze: tuple[str, ...] = ()  # parameter patterns never trained
+    lr_multipliers: dict[str, float] = field(default_factory=dict)  # pattern -> lr factor
+    head_warmup_epochs: int = 0  # train only the classifier head for this many epochs
     # reproducibility and speed
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms during fit
@@ -63,6 +75,7 @@ class TrainConfig:
     channels_last: Union[str, bool] = "auto"  # "auto" | True | False
     limit_train_batches: int = 0  # > 0: stop each epoch after this many batches (dry runs)
     cpu_threads: int = 0  # > 0: torch.set_num_threads during the run; 0 = torch's default
+    compile: bool = False  # torch.compile the model (checkpoints hold the unwrapped module)
     # monitoring
     log_every: int = 10  # batches between progress updates and NaN checks
     divergence_check: bool = True
@@ -70,6 +83,7 @@ class TrainConfig:
     stuck_tolerance: float = 0.01  # |train loss - ln(num_classes)| below this counts as stuck
     # outputs
     keep_last: int = 2  # epoch checkpoints kept (plus the best one); 0 = keep all
+    tensorboard: bool = True  # TensorBoard event files in RUN/tb (rank 0)
     test_weights: str = "auto"  # "best" (by val acc), "final", or "auto" = best if val set
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,11 +140,12 @@ class TrainConfig:
             if getattr(self, key) < 1:
                 raise bad(key, "an integer >= 1")
         non_negative = ("crop_padding", "lr_step_epochs", "limit_train_batches", "cpu_threads",
-                        "stuck_warmup_epochs", "keep_last")
+                        "stuck_warmup_epochs", "keep_last", "subset_train", "subset_test",
+                        "head_warmup_epochs")
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise bad(key, "an integer >= 0")
-        for key in ("lr", "lr_gamma", "stuck_tolerance"):
+        for key in ("lr", "lr_gamma", "stuck_tolerance", "zca_epsilon"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
                 raise bad(key, "a finite number > 0")
         for key in ("momentum", "weight_decay", "warmup_epochs", "grad_clip_norm"):
@@ -164,6 +179,15 @@ class TrainConfig:
             raise bad("std", "values > 0")
         if not isinstance(self.model_options, dict):
             raise bad("model_options", "a dict of create_model keyword options")
+        if self.resize_mode not in RESIZE_MODES:
+            raise bad("resize_mode", f"one of {RESIZE_MODES}")
+        if any(not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0)
+               for v in self.lr_multipliers.values()):
+            raise bad("lr_multipliers", 'finite factors >= 0, e.g. {"trunk": 0.1}')
+        if self.transfer and not self.init:
+            raise bad("transfer", "() unless init is set (transfer patterns pick what init loads)")
+        if self.head_warmup_epochs >= self.epochs:
+            raise bad("head_warmup_epochs", f"fewer than epochs={self.epochs}")
         return self
 
 
@@ -369,7 +393,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 # the optimisation path of the epochs already trained.
 RESUMABLE_CHANGES = ("epochs", "device", "precision", "channels_last", "log_every", "keep_last",
                      "divergence_check", "stuck_warmup_epochs", "stuck_tolerance", "test_weights",
-                     "eval_batch_size", "deterministic", "cpu_threads")
+                     "eval_batch_size", "deterministic", "cpu_threads", "compile", "tensorboard")
 
 
 def resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:

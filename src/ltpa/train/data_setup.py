@@ -8,11 +8,12 @@ per-channel mean/std. That is what models see.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.utils.data.distributed import DistributedSampler
 
 from .config import TrainConfig
 
@@ -117,18 +118,64 @@ def _synthetic(config: TrainConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, tup
     return train.images, train.targets, test.images, test.targets, tuple(train.class_names)
 
 
-_SOURCES = {"synthetic": _synthetic}
+def _real(config: TrainConfig) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[str, ...]]:
+    """Any other spec ("cifar100:/path", "cub:/path", ...) through ltpa.data.sources."""
+    try:
+        from ltpa.data.sources import load_data
+    except ImportError as err:  # the sources module is newer than the trainer
+        raise ValueError(
+            f"data {config.data!r} needs ltpa.data.sources, which this installation lacks; "
+            f"use data=synthetic"
+        ) from err
+    source = load_data(config.data, synthetic_options=dict(
+        num_train=config.num_train, num_test=config.num_test, image_size=config.image_size,
+        num_classes=config.num_classes, seed=config.data_seed))
+    for message in getattr(source, "warnings", ()) or ():
+        logger.warning("data %s: %s", config.data, message)
+    train_x = _decoded(source.train, config, "train")
+    test_x = _decoded(source.test, config, "test")
+    train_y = torch.as_tensor(source.train.targets, dtype=torch.int64)
+    test_y = torch.as_tensor(source.test.targets, dtype=torch.int64)
+    return train_x, train_y, test_x, test_y, tuple(source.class_names)
+
+
+def _decoded(split, config: TrainConfig, name: str) -> Tensor:
+    """The split as uint8 ``(N, 3, S, S)`` with ``S = config.image_size``: in-memory images
+    of that size as they are, anything else decoded/resized once by ``materialise``."""
+    images = split.images
+    size = (config.image_size, config.image_size)
+    if images is not None and tuple(images.shape[-2:]) == size:
+        return torch.as_tensor(images)
+    from ltpa.data.materialise import materialise
+
+    logger.info("decoding the %s split to %dx%d (%s)", name, *size, config.resize_mode)
+    images, _, _ = materialise(split, size=config.image_size, mode=config.resize_mode)
+    return torch.as_tensor(images)
+
+
+def _subset(images: Tensor, targets: Tensor, count: int, seed: int) -> tuple[Tensor, Tensor]:
+    """A class-stratified subset of about ``count`` images (all when count is 0 or too big)."""
+    if count <= 0 or count >= len(targets):
+        return images, targets
+    _, keep = stratified_split(targets, count / len(targets), seed)
+    return images[keep], targets[keep]
 
 
 def build_data(config: TrainConfig) -> DataSplits:
-    """Build the run's splits from ``config.data`` (only ``"synthetic"`` for now).
+    """Build the run's splits from ``config.data``.
+
+    ``"synthetic"`` is generated here; any other spec (``"cifar100:/path"``, ``"cub:/path"``,
+    ...) is read by ``ltpa.data.sources.load_data`` and decoded to ``image_size`` when needed.
+    ``subset_train``/``subset_test`` then keep class-stratified subsets, and the validation
+    split is carved (class-stratified) out of the train split. The test split is untouched.
 
     Raises:
-        ValueError: unknown data source.
+        ValueError: unknown data source (from the sources module).
     """
-    if config.data not in _SOURCES:
-        raise ValueError(f"unknown data {config.data!r}; available: {', '.join(_SOURCES)}")
-    train_x, train_y, test_x, test_y, names = _SOURCES[config.data](config)
+    loader = _synthetic if config.data == "synthetic" else _real
+    train_x, train_y, test_x, test_y, names = loader(config)
+    train_x, train_y = _subset(train_x, train_y, config.subset_train, config.data_seed)
+    test_x, test_y = _subset(test_x, test_y, config.subset_test, config.data_seed + 1)
     train_idx, val_idx = stratified_split(train_y, config.val_fraction, config.data_seed)
     return DataSplits(
         train_images=train_x[train_idx], train_targets=train_y[train_idx],
@@ -173,14 +220,20 @@ class BatchLoader:
     """Iterates ``(images, targets)`` batches of one split, ready for the model.
 
     The whole split is moved to ``device`` once (uint8). Each batch is gathered, optionally
-    augmented, converted to float in [0, 1], normalised by ``mean``/``std`` and laid out in
-    ``memory_format``. With ``shuffle`` the order of epoch ``e`` comes from a generator seeded by
-    ``derive_seed(seed, e, ...)``, so a resumed run sees exactly the batches it would have seen;
-    call :meth:`set_epoch` before iterating.
+    augmented, converted to float in [0, 1], then normalised by ``mean``/``std`` (or passed to
+    ``whiten``, e.g. a fitted ZCA) and laid out in ``memory_format``. With ``shuffle`` the
+    order of epoch ``e`` comes from a generator seeded by ``derive_seed(seed, e, ...)``, so a
+    resumed run sees exactly the batches it would have seen; call :meth:`set_epoch` before
+    iterating.
+
+    With ``world_size > 1`` each rank sees its own shard: a ``DistributedSampler`` shuffles and
+    splits the training set (padding by repeating a few images unless ``drop_last``), and an
+    evaluation split (``shuffle=False``) is dealt out as ``rank, rank + W, ...``, so every image
+    is seen by exactly one rank and none twice. Augmentation draws from a per-rank stream.
 
     Args:
         images: ``(N, 3, H, W)`` uint8; targets: ``(N,)`` int64.
-        batch_size: images per batch.
+        batch_size: images per batch (per rank).
         mean, std: per-channel normalisation in [0, 1] pixel units.
         device: where batches are produced.
         shuffle: new random order every epoch (train) or the stored order (eval).
@@ -190,6 +243,9 @@ class BatchLoader:
         memory_format: e.g. ``torch.channels_last``.
         limit_batches: > 0 stops each epoch after this many batches.
         name: split name for log messages.
+        whiten: instead of mean/std, a function of the float ``(B, C, H, W)`` batch in [0, 1]
+            that returns the model's input (the same shape).
+        rank, world_size: this process's shard.
     """
 
     def __init__(self, images: Tensor, targets: Tensor, *, batch_size: int, mean: tuple[float, ...],
@@ -197,14 +253,26 @@ class BatchLoader:
                  drop_last: bool = False, augment: bool = False, hflip: bool = True,
                  crop_padding: int = 0, seed: int = 0,
                  memory_format: torch.memory_format = torch.contiguous_format,
-                 limit_batches: int = 0, name: str = "data") -> None:
+                 limit_batches: int = 0, name: str = "data",
+                 whiten: Callable[[Tensor], Tensor] | None = None,
+                 rank: int = 0, world_size: int = 1) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"{name}: expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(targets):
             raise ValueError(f"{name}: {len(images)} images but {len(targets)} targets")
         if batch_size < 1:
             raise ValueError(f"{name}: batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"{name}: rank {rank} is outside world_size {world_size}")
         self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.sampler = None
+        if world_size > 1 and shuffle:
+            self.sampler = DistributedSampler(
+                range(len(images)), num_replicas=world_size, rank=rank, shuffle=True,
+                seed=derive_seed(seed, 0, 2) % 2**62, drop_last=drop_last)
+        elif world_size > 1:  # evaluation: a fixed interleaved shard, nothing padded
+            images, targets = images[rank::world_size], targets[rank::world_size]
         self.images = images.to(self.device)
         self.targets = targets.to(self.device, dtype=torch.int64)
         self.batch_size = batch_size
@@ -214,52 +282,73 @@ class BatchLoader:
         self.memory_format = memory_format
         self.limit_batches = limit_batches
         self.name = name
+        self.whiten = whiten
         channels = images.shape[1]
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"{name}: mean/std need {channels} values, got {mean} / {std}")
         self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
         self._inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0)
-        dropped = len(images) % batch_size if drop_last else 0
-        if drop_last and len(images) < batch_size:
+        shard = self._shard_size
+        dropped = shard % batch_size if drop_last else 0
+        if drop_last and shard < batch_size:
             raise ValueError(
-                f"{name}: drop_last with batch_size {batch_size} > {len(images)} images leaves no "
+                f"{name}: drop_last with batch_size {batch_size} > {shard} images leaves no "
                 f"batch at all; lower batch_size or set drop_last=false"
             )
-        if dropped:
-            logger.info("%s: dropping the last partial batch of %d of %d images each epoch "
+        if dropped and rank == 0:
+            logger.info("%s: dropping the last partial batch of %d of %d images each epoch%s "
                         "(drop_last=True; the images dropped change with the shuffle)",
-                        name, dropped, len(images))
+                        name, dropped, shard, " on each rank" if world_size > 1 else "")
+        if self.sampler is not None and rank == 0:
+            total = self.sampler.total_size
+            if total != len(images):
+                logger.info("%s: %d images over %d ranks: %s %d image(s) per epoch", name,
+                            len(images), world_size, "drops" if drop_last else "repeats",
+                            abs(total - len(images)))
+
+    @property
+    def _shard_size(self) -> int:
+        return self.sampler.num_samples if self.sampler is not None else len(self.images)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
 
     def __len__(self) -> int:
-        n = len(self.images)
+        n = self._shard_size
         count = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
         return min(count, self.limit_batches) if self.limit_batches > 0 else count
 
     @property
     def num_samples(self) -> int:
-        """Images yielded per epoch (after drop_last and limit_batches)."""
-        n = len(self.images)
-        return min(n, len(self) * self.batch_size)
+        """Images yielded per epoch by this rank (after drop_last and limit_batches)."""
+        return min(self._shard_size, len(self) * self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def _order(self) -> Tensor:
+        if self.sampler is not None:
+            return torch.tensor(list(self.sampler), dtype=torch.int64, device=self.device)
         n = len(self.images)
         if self.shuffle:
             order_gen = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2))
-            order = torch.randperm(n, generator=order_gen).to(self.device)
-        else:
-            order = torch.arange(n, device=self.device)
+            return torch.randperm(n, generator=order_gen).to(self.device)
+        return torch.arange(n, device=self.device)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self._order()
         aug_gen = None
         if self.augment:
             aug_gen = torch.Generator(device=self.device)
-            aug_gen.manual_seed(derive_seed(self.seed, self.epoch, 3))
+            # rank 0 keeps stream 3, so one process draws what it always did
+            aug_gen.manual_seed(derive_seed(self.seed, self.epoch, 3 + 4 * self.rank))
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             images = self.images[idx]
             if self.augment:
                 images = augment_batch(images, hflip=self.hflip, crop_padding=self.crop_padding,
                                        generator=aug_gen)
-            images = (images.float() - self._mean) * self._inv_std  # (B, C, H, W) normalised
+            if self.whiten is not None:
+                images = self.whiten(images.float() / 255.0)  # (B, C, H, W)
+            else:
+                images = (images.float() - self._mean) * self._inv_std  # (B, C, H, W) normalised
             yield images.contiguous(memory_format=self.memory_format), self.targets[idx]

@@ -1,14 +1,8 @@
-"""The trainer, top to bottom: ``train_one_epoch``, ``evaluate``, ``fit``.
+"""The trainer, top to bottom: ``train_one_epoch``, ``make_lr_lambda``, ``fit``.
 
-A run folder (``fit(config, out_dir)``) holds::
-
-    config.json          the resolved TrainConfig (normalisation mean/std filled in)
-    environment.json     versions, device, precision, git commit; resumes appended
-    train.log            this run's log messages (logger "ltpa"), appended on resume
-    metrics.jsonl        one JSON object per epoch
-    curves.png           loss / accuracy / lr per epoch, redrawn every epoch
-    checkpoints/         epoch_NNNN.{safetensors,json} (the last keep_last) and best.*
-    final_metrics.json   test metrics, evaluated once after the last epoch
+``fit`` writes a run folder (layout in :mod:`ltpa.train.run_dir`). Under torchrun it trains
+data-parallel (:mod:`ltpa.train.distributed`): every rank trains on its shard, rank 0 alone
+logs and writes, and evaluation counts every sample once across ranks.
 """
 from __future__ import annotations
 
@@ -20,7 +14,6 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,19 +27,25 @@ from tqdm.auto import tqdm
 from .checkpoint import (atomic_write_bytes, atomic_write_json, latest_checkpoint, load_checkpoint,
                          load_model_state, prune_checkpoints, save_checkpoint)
 from .config import TrainConfig, resume_config
-from .data_setup import BatchLoader, build_data, channel_mean_std
-from .meters import accuracy_ks, append_jsonl, read_jsonl, topk_correct
+from .data_setup import BatchLoader, build_data, channel_mean_std, derive_seed
+from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, distributed,
+                          read_dist_env)
+from .evaluation import build_model, classification_report, evaluate, predict, write_report
+from .meters import append_jsonl, read_jsonl, topk_correct
 from .plots import plot_curves
-from .precision import Precision, algorithm_settings, describe_environment, resolve_precision
+from .precision import Precision, algorithm_settings, resolve_precision
+from .run_dir import (CHECKPOINT_DIR, ZCA_FILE, check_out_dir, remove_run_files,
+                      remove_stale_temporaries, run_logging)
+from .run_setup import (head_only, log_scalars, make_lr_lambda, param_groups, tensorboard,
+                        transfer_init, wrap, write_run_files)
+from .whitening import as_batch_function, fit_whitening, load_whitening
 
 __all__ = ["TrainingDiverged", "RunResult", "train_one_epoch", "evaluate", "fit", "make_lr_lambda"]
 
 logger = logging.getLogger(__name__)
+_SINGLE = DistInfo()
 
-RUN_FORMAT = "ltpa-run"
-CHECKPOINT_DIR = "checkpoints"
-RUN_FILES = ("config.json", "environment.json", "train.log", "metrics.jsonl", "curves.png",
-             "final_metrics.json")
+
 class TrainingDiverged(RuntimeError):
     """Training stopped because the loss became NaN/inf or never left chance level."""
 
@@ -65,6 +64,8 @@ class RunResult:
         test: ``loss``, ``acc1`` (and ``acc5`` with >= 5 classes), ``samples``.
         checkpoint: sidecar of the tested weights; last_checkpoint: of the final epoch.
         final_metrics_path, metrics_path, curves_path: the files written.
+        test_report_path: per-class accuracy and confusion matrix of the test set.
+        model: the trained model (unwrapped, on the run's device) holding the tested weights.
     """
 
     out_dir: Path
@@ -79,6 +80,8 @@ class RunResult:
     final_metrics_path: Path
     metrics_path: Path
     curves_path: Path
+    test_report_path: Path | None = None
+    model: nn.Module | None = dataclasses.field(default=None, repr=False)
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -108,26 +111,29 @@ def train_one_epoch(
     log_every: int = 10,
     progress: bool = True,
     config: TrainConfig | None = None,
+    dist: DistInfo | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``: cross-entropy on ``model(images).logits``, SGD step per batch,
     and a scheduler step per batch (the lr lambdas of :func:`make_lr_lambda` count steps).
 
     The loss is checked for NaN/inf at the first batch and every ``log_every`` batches (each
-    check waits for the device; the accumulated sum means no bad batch goes unnoticed).
+    check waits for the device; the accumulated sum means no bad batch goes unnoticed). With
+    several ranks the checks and the returned numbers use the sums over all ranks, so every
+    rank takes the same decision.
 
     Returns:
         ``loss`` (mean per image), ``acc1`` (%), ``samples``, ``steps``, ``seconds``,
-        ``images_per_s``.
+        ``images_per_s`` (all ranks together).
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
     """
+    dist = dist or _SINGLE
     model.train()
     device = precision.device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = steps = 0
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not progress, leave=False,
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
+    steps = 0
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not (progress and dist.is_main), leave=False,
                dynamic_ncols=True, unit="batch")
     start = time.perf_counter()
     try:
@@ -144,11 +150,12 @@ def train_one_epoch(
             scaler.update()
             scheduler.step()
             steps += 1
-            seen += len(targets)
-            loss_sum += loss.detach().double() * len(targets)
-            correct += topk_correct(logits.detach(), targets, (1,))[0]
+            sums[0] += loss.detach().double() * len(targets)
+            sums[1] += topk_correct(logits.detach(), targets, (1,))[0]
+            sums[2] += len(targets)
             if i == 0 or (i + 1) % log_every == 0 or i + 1 == len(loader):
-                mean_loss = loss_sum.item() / seen  # waits for the device
+                total = all_reduce_sum(sums.clone(), dist)
+                mean_loss, correct, seen = total[0].item() / total[2].item(), total[1].item(), total[2].item()
                 if not math.isfinite(mean_loss):
                     raise TrainingDiverged(
                         f"the training loss became {mean_loss} in epoch {epoch} (batch {i + 1} of "
@@ -156,172 +163,22 @@ def train_one_epoch(
                         + _hints(config)
                     )
                 elapsed = time.perf_counter() - start
-                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100.0 * correct.item() / seen:.1f}%",
+                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100.0 * correct / seen:.1f}%",
                                 img_s=f"{seen / max(elapsed, 1e-9):.0f}")
             bar.update(1)
     finally:
         bar.close()
+    all_reduce_sum(sums, dist)
     seconds = time.perf_counter() - start
+    loss_sum, correct, seen = sums[0].item(), sums[1].item(), int(sums[2].item())
     return {
-        "loss": loss_sum.item() / max(seen, 1),
-        "acc1": 100.0 * correct.item() / max(seen, 1),
+        "loss": loss_sum / max(seen, 1),
+        "acc1": 100.0 * correct / max(seen, 1),
         "samples": seen,
         "steps": steps,
         "seconds": seconds,
         "images_per_s": seen / max(seconds, 1e-9),
     }
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, precision: Precision, *,
-             num_classes: int) -> dict[str, float]:
-    """Mean cross-entropy and top-1 (top-5 with >= 5 classes) accuracy over every sample.
-
-    The model runs in eval mode; its previous mode is restored afterwards.
-
-    Returns:
-        ``loss``, ``acc1`` (%), optionally ``acc5`` (%), ``samples``.
-    """
-    was_training = model.training
-    model.eval()
-    ks = accuracy_ks(num_classes)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=precision.device)
-    correct = torch.zeros(len(ks), dtype=torch.int64, device=precision.device)
-    seen = 0
-    try:
-        for images, targets in loader:
-            with precision.autocast():
-                logits = model(images).logits.float()  # (B, K)
-            loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
-            correct += topk_correct(logits, targets, ks)
-            seen += len(targets)
-    finally:
-        model.train(was_training)
-    if seen == 0:
-        return {}
-    out = {"loss": loss_sum.item() / seen}
-    for k, c in zip(ks, correct.tolist()):
-        out[f"acc{k}"] = 100.0 * c / seen
-    out["samples"] = seen
-    return out
-
-
-# ----------------------------------------------------------------------------- schedule
-
-
-def make_lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    """Factor on ``config.lr`` at optimizer step ``s`` (0-based), for ``LambdaLR``.
-
-    Step decay happens at epoch boundaries: ``lr_gamma ** (epoch // lr_step_epochs)``, or, when
-    ``lr_milestones`` is set, one factor per milestone reached (``lr_milestone_gammas`` or
-    ``lr_gamma``). Warm-up multiplies by ``(s + 1) / (warmup_epochs * steps_per_epoch)`` until
-    that reaches 1. A plain function, so the scheduler's state dict stays JSON-friendly.
-    """
-    milestones = tuple(config.lr_milestones)
-    gammas = tuple(config.lr_milestone_gammas) or (config.lr_gamma,) * len(milestones)
-    warm_steps = config.warmup_epochs * steps_per_epoch
-
-    def factor(step: int) -> float:
-        epoch = step // steps_per_epoch
-        if milestones:
-            value = 1.0
-            for milestone, gamma in zip(milestones, gammas):
-                if epoch >= milestone:
-                    value *= gamma
-        elif config.lr_step_epochs > 0:
-            value = config.lr_gamma ** (epoch // config.lr_step_epochs)
-        else:
-            value = 1.0
-        if warm_steps > 0:
-            value *= min(1.0, (step + 1) / warm_steps)
-        return value
-
-    return factor
-
-
-# ----------------------------------------------------------------------------- run folder
-
-
-def _is_run(out_dir: Path) -> bool:
-    try:
-        env = json.loads((out_dir / "environment.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(env, dict) and env.get("format") == RUN_FORMAT
-
-
-def _remove_run_files(out_dir: Path) -> None:
-    """Delete a previous run's own files only; anything else in the folder stays."""
-    for name in RUN_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            (out_dir / name).unlink()
-    ckpt_dir = out_dir / CHECKPOINT_DIR
-    if ckpt_dir.is_dir():
-        for pattern in ("epoch_*.json", "epoch_*.safetensors", "best.json", "best.safetensors",
-                        ".*.tmp"):
-            for path in ckpt_dir.glob(pattern):
-                path.unlink()
-        with contextlib.suppress(OSError):
-            ckpt_dir.rmdir()  # only if nothing foreign is left in it
-
-
-def _check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> str:
-    """Decide what to do with ``out_dir`` without changing anything: ``"new"``, ``"resume"``,
-    ``"overwrite"`` (a previous run's files are removed) or ``"beside"`` (write next to foreign
-    files). Raises ValueError when the folder may not be used."""
-    if resume and overwrite:
-        raise ValueError("resume=True and overwrite=True contradict each other; choose one")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output path {out_dir} exists and is not a folder; choose another path")
-    contents = sorted(p.name for p in out_dir.iterdir()) if out_dir.exists() else []
-    if resume:
-        if not _is_run(out_dir):
-            raise ValueError(
-                f"cannot resume: {out_dir} does not hold an ltpa run (no environment.json of one). "
-                f"Start a new run without resume=True."
-            )
-        if latest_checkpoint(out_dir / CHECKPOINT_DIR) is None:
-            raise ValueError(
-                f"cannot resume: {out_dir} holds a run but no epoch checkpoint (it stopped before "
-                f"finishing its first epoch). Start it again with overwrite=True."
-            )
-        return "resume"
-    if not contents:
-        return "new"
-    if not overwrite:
-        what = "already holds an ltpa run" if _is_run(out_dir) else "is not empty"
-        raise ValueError(
-            f"output folder {out_dir} {what} ({', '.join(contents[:6])}"
-            f"{', ...' if len(contents) > 6 else ''}). Pass resume=True to continue that run, "
-            f"overwrite=True to replace it, or choose a new folder. Nothing was changed."
-        )
-    if _is_run(out_dir):
-        return "overwrite"
-    clashes = [name for name in (*RUN_FILES, CHECKPOINT_DIR) if (out_dir / name).exists()]
-    if clashes:
-        raise ValueError(
-            f"overwrite=True, but {out_dir} is not an ltpa run and holds files a run would replace "
-            f"({', '.join(clashes)}); refusing to delete them. Choose another folder."
-        )
-    return "beside"
-
-
-@contextlib.contextmanager
-def _run_logging(out_dir: Path) -> Iterator[None]:
-    """Copy the "ltpa" logger's INFO messages into ``out_dir/train.log`` for the run."""
-    root = logging.getLogger("ltpa")
-    handler = logging.FileHandler(out_dir / "train.log", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    old_level = root.level
-    if root.getEffectiveLevel() > logging.INFO:
-        root.setLevel(logging.INFO)
-    root.addHandler(handler)
-    try:
-        yield
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
-        handler.close()
 
 
 # ----------------------------------------------------------------------------- fit
@@ -334,26 +191,31 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False
     The test set is evaluated once, after the last epoch, with the weights of the epoch with
     the best validation top-1 (``test_weights="auto"``/``"best"``; ties keep the earlier epoch)
     or of the final epoch (``"final"``, and ``"auto"`` without a validation split). Which one is
-    recorded in ``final_metrics.json``.
+    recorded in ``final_metrics.json``; ``test_report.json`` and ``confusion_matrix.{csv,png}``
+    add per-class accuracy.
+
+    Started by torchrun (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` set), ``fit`` joins or creates
+    the process group, trains with DistributedDataParallel on ``batch_size / world_size``
+    images per rank, and only rank 0 logs and writes files. Every rank returns the same result.
 
     Args:
         config: the run's settings; validated, and ``mean``/``std`` computed on the train split
             when None.
-        out_dir: the run folder (layout in this module's docstring). Must be new or empty
-            unless ``resume`` or ``overwrite``.
+        out_dir: the run folder (see :mod:`ltpa.train.run_dir`). Must be new or empty unless
+            ``resume`` or ``overwrite``.
         resume: continue the run in ``out_dir`` from its last epoch checkpoint (model,
-            optimizer, scheduler, scaler, epoch, step and RNG states), with ``config.epochs``
-            possibly raised. Only the settings in ``RESUMABLE_CHANGES`` may differ from the run's.
+            optimizer, scheduler, scaler, epoch, step and RNG states; ZCA from the run), with
+            ``config.epochs`` possibly raised. Only ``RESUMABLE_CHANGES`` may differ.
         overwrite: delete a previous run's files in ``out_dir`` first (other files are kept).
-        progress: show a tqdm bar per epoch (loss, accuracy, images/s) on stderr.
+        progress: show a tqdm bar per epoch (loss, accuracy, images/s) on stderr (rank 0).
 
     Returns:
         A :class:`RunResult`.
 
-    Side effects: a fresh run seeds torch, numpy and ``random`` globally from ``config.seed``
-    (a resumed one restores their saved states); ``deterministic``/``cpu_threads`` apply only
-    while ``fit`` runs. Messages go to the ``"ltpa"`` logger (raised to INFO for the run) and
-    to ``train.log``.
+    Side effects: seeds torch, numpy and ``random`` globally (from ``config.seed``, and torch
+    again at every epoch start from (seed, epoch, rank), so that a resumed run draws the same
+    dropout noise); ``deterministic``/``cpu_threads`` apply only while ``fit`` runs. Messages go
+    to the ``"ltpa"`` logger (raised to INFO for the run) and to ``train.log``.
 
     Raises:
         ValueError: bad config or a folder that may not be written (nothing is changed then).
@@ -361,65 +223,88 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False
             ``stuck_warmup_epochs`` (checkpoints up to the previous epoch are kept).
     """
     config = TrainConfig.from_dict(config.to_dict()).validate()
-    out_dir = Path(out_dir)
-    # Everything that can reject the request runs before the folder is touched.
-    action = _check_out_dir(out_dir, resume=resume, overwrite=overwrite)
+    dist = read_dist_env(config.device)
+    if config.batch_size % dist.world_size:
+        raise ValueError(f"batch_size={config.batch_size} is the global batch and must divide "
+                         f"evenly over {dist.world_size} processes; change batch_size or nproc")
+    with distributed(dist):
+        return _fit(config, Path(out_dir), dist, resume=resume, overwrite=overwrite,
+                    progress=progress)
+
+
+def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, overwrite: bool,
+         progress: bool) -> RunResult:
+    main = dist.is_main
+    # Everything that can reject the request runs, on every rank, before the folder is touched.
+    action = check_out_dir(out_dir, resume=resume, overwrite=overwrite)
+    barrier(dist)
     if resume:
         saved = TrainConfig.from_dict(json.loads((out_dir / "config.json").read_text(encoding="utf-8")))
         config = resume_config(saved, config).validate()
-    precision = resolve_precision(config.precision, config.channels_last, config.device)
+    precision = resolve_precision(config.precision, config.channels_last,
+                                  str(dist.device) if dist.enabled else config.device)
     if not resume:
         torch.manual_seed(config.seed)
-        random.seed(config.seed)
-        np.random.seed(config.seed % 2**32)
-    from ltpa.models import create_model
-
-    options = {"input_size": config.image_size, **config.model_options}
-    model = create_model(config.model, num_classes=config.num_classes, **options)
+        random.seed(config.seed + dist.rank)
+        np.random.seed((config.seed + dist.rank) % 2**32)
+    model = build_model(config)
     data = build_data(config)
     if data.num_classes != config.num_classes:
         raise ValueError(f"data has {data.num_classes} classes but num_classes={config.num_classes}")
     if config.mean is None or config.std is None:
         mean, std = channel_mean_std(data.train_images)
         config = dataclasses.replace(config, mean=config.mean or mean, std=config.std or std)
+    zca = whiten = None
+    if config.zca and resume:
+        whiten = load_whitening(out_dir / ZCA_FILE, device=precision.device)
+    elif config.zca:
+        zca = fit_whitening(data.train_images, epsilon=config.zca_epsilon)  # train split only
+        whiten = as_batch_function(zca, precision.device)
     resume_from = load_checkpoint(latest_checkpoint(out_dir / CHECKPOINT_DIR)) if resume else None
     if resume_from is not None and resume_from.epoch > config.epochs:
         raise ValueError(f"cannot resume {out_dir} at epoch {resume_from.epoch} with epochs="
                          f"{config.epochs}; epochs may only stay or grow on resume")
 
-    if action == "overwrite":
-        _remove_run_files(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out_dir / CHECKPOINT_DIR
-    with _run_logging(out_dir), algorithm_settings(config.deterministic, precision.device,
-                                                      config.cpu_threads):
-        logger.info("%s run in %s (%s)", "resuming" if resume else "starting", out_dir,
-                    precision.describe())
+    stale: list[Path] = []
+    if main:
         if action == "overwrite":
-            logger.info("overwrite=True: removed the previous run's files in %s", out_dir)
-        elif action == "beside":
+            remove_run_files(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temporaries(out_dir) if resume else []
+    barrier(dist)
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    log_to_file = run_logging(out_dir) if main else contextlib.nullcontext()
+    say = logger.info if main else _quiet
+    with log_to_file, algorithm_settings(config.deterministic, precision.device, config.cpu_threads):
+        say("%s run in %s (%s, %d process(es))", "resuming" if resume else "starting", out_dir,
+            precision.describe(), dist.world_size)
+        if main and stale:
+            logger.warning("removed %d temporary file(s) left by an interrupted write: %s",
+                           len(stale), ", ".join(p.name for p in stale))
+        if action == "overwrite":
+            say("overwrite=True: removed the previous run's files in %s", out_dir)
+        elif action == "beside" and main:
             logger.warning("writing the run into non-empty folder %s; its other files are left "
                            "as they are", out_dir)
-        logger.info("data: %s", data.describe())
-        logger.info("config: %s", json.dumps(config.to_dict(), sort_keys=True))
-        atomic_write_json(out_dir / "config.json", config.to_dict())
-        environment = describe_environment(precision)
-        if resume:
-            previous = json.loads((out_dir / "environment.json").read_text(encoding="utf-8"))
-            previous.setdefault("resumed", []).append(environment)
-            atomic_write_json(out_dir / "environment.json", previous)
-        else:
-            atomic_write_json(out_dir / "environment.json", {"format": RUN_FORMAT, **environment})
+        say("data: %s", data.describe())
+        say("config: %s", json.dumps(config.to_dict(), sort_keys=True))
+        if main:
+            write_run_files(out_dir, config, precision, dist, resume=resume, zca=zca)
 
         model.to(precision.device, memory_format=precision.memory_format)
-        logger.info("model %s: %.3f M parameters", config.model,
-                    sum(p.numel() for p in model.parameters()) / 1e6)
+        say("model %s: %.3f M parameters", config.model,
+            sum(p.numel() for p in model.parameters()) / 1e6)
+        if config.init and not resume:  # on resume the checkpoint holds the weights
+            transfer_init(model, config, out_dir, main, say)
+        groups = param_groups(model, config)
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
 
         common = dict(mean=config.mean, std=config.std, device=precision.device,
-                      memory_format=precision.memory_format)
+                      memory_format=precision.memory_format, whiten=whiten,
+                      rank=dist.rank, world_size=dist.world_size)
         train_loader = BatchLoader(
-            data.train_images, data.train_targets, batch_size=config.batch_size, shuffle=True,
-            drop_last=config.drop_last, augment=True, hflip=config.hflip,
+            data.train_images, data.train_targets, batch_size=config.batch_size // dist.world_size,
+            shuffle=True, drop_last=config.drop_last, augment=True, hflip=config.hflip,
             crop_padding=config.crop_padding, seed=config.seed,
             limit_batches=config.limit_train_batches, name="train", **common)
         val_loader = BatchLoader(data.val_images, data.val_targets, batch_size=config.eval_batch_size,
@@ -428,7 +313,7 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False
                                   batch_size=config.eval_batch_size, name="test", **common)
         has_val = len(data.val_targets) > 0
 
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay, nesterov=config.nesterov)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, make_lr_lambda(config, len(train_loader)))
@@ -447,47 +332,67 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False
             if ckpt.metrics.get("best_val_acc1") is not None:
                 best_acc = ckpt.metrics["best_val_acc1"]
             best_epoch = ckpt.metrics.get("best_epoch", 0)
-            logger.info("resumed from %s: epoch %d, step %d", ckpt.path, start_epoch, step)
+            say("resumed from %s: epoch %d, step %d", ckpt.path, start_epoch, step)
+
+        train_model, eval_model = wrap(model, config, dist)
         metrics_path = out_dir / "metrics.jsonl"
         records = read_jsonl(metrics_path, up_to_epoch=start_epoch)
-        if resume:  # drop lines of epochs after the checkpoint (a crash between the two writes)
+        if resume and main:  # drop lines of epochs after the checkpoint (killed between writes)
             atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in records).encode())
-        curves_path = out_dir / "curves.png"
+        writer = tensorboard(out_dir, config, main, purge_step=start_epoch + 1 if resume else None)
+        try:
+            for epoch in range(start_epoch + 1, config.epochs + 1):
+                torch.manual_seed(derive_seed(config.seed, epoch, 5 + dist.rank))  # dropout
+                head_only(model, trainable, epoch <= config.head_warmup_epochs)
+                train_loader.set_epoch(epoch)
+                lr = optimizer.param_groups[0]["lr"]  # at the epoch's first step
+                train = train_one_epoch(train_model, train_loader, optimizer, scheduler, scaler,
+                                        precision, epoch=epoch, grad_clip_norm=config.grad_clip_norm,
+                                        log_every=config.log_every, progress=progress,
+                                        config=config, dist=dist)
+                step += train["steps"]
+                broadcast_buffers(model, dist)  # every rank evaluates rank 0's BN statistics
+                val = (evaluate(eval_model, val_loader, precision, num_classes=config.num_classes,
+                                dist=dist) if has_val else {})
+                record = {"epoch": epoch, "step": step, "lr": lr,
+                          "train_loss": train["loss"], "train_acc1": train["acc1"],
+                          **{f"val_{k}": v for k, v in val.items() if k != "samples"},
+                          "images_per_s": train["images_per_s"], "seconds": train["seconds"]}
+                records.append(record)
+                say("epoch %d/%d  lr %.4g  train loss %.4f acc %.2f%%  %s %.0f img/s  %.1f s",
+                    epoch, config.epochs, lr, train["loss"], train["acc1"],
+                    f"val loss {val['loss']:.4f} acc {val['acc1']:.2f}%" if val else "(no val)",
+                    train["images_per_s"], train["seconds"])
+                is_best = has_val and val["acc1"] > best_acc
+                if is_best:
+                    best_acc, best_epoch = val["acc1"], epoch
+                if main:
+                    append_jsonl(metrics_path, record)
+                    log_scalars(writer, record)
+                    ckpt_metrics = {**{k: v for k, v in record.items() if k not in ("epoch", "step")},
+                                    "best_val_acc1": best_acc if has_val else None,
+                                    "best_epoch": best_epoch}
+                    saved = dict(model=model, optimizer=optimizer, scheduler=scheduler,
+                                 scaler=scaler, config=config.to_dict(), epoch=epoch, step=step,
+                                 metrics=ckpt_metrics)
+                    save_checkpoint(ckpt_dir, f"epoch_{epoch:04d}", **saved)
+                    if is_best:
+                        save_checkpoint(ckpt_dir, "best", **saved)
+                    prune_checkpoints(ckpt_dir, config.keep_last)
+                    plot_curves(records, out_dir / "curves.png",
+                                title=f"{config.model} on {config.data}")
+                _check_stuck(config, epoch, train["loss"])
+            barrier(dist)  # the checkpoints rank 0 wrote are complete
+            return _final_test(config, out_dir, model, eval_model, test_loader, precision,
+                               records, data.class_names, dist, has_val=has_val,
+                               best_epoch=best_epoch)
+        finally:
+            if writer is not None:
+                writer.close()
 
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            train_loader.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]  # at the epoch's first step
-            train = train_one_epoch(model, train_loader, optimizer, scheduler, scaler, precision,
-                                    epoch=epoch, grad_clip_norm=config.grad_clip_norm,
-                                    log_every=config.log_every, progress=progress, config=config)
-            step += train["steps"]
-            val = evaluate(model, val_loader, precision, num_classes=config.num_classes) if has_val else {}
-            record = {"epoch": epoch, "step": step, "lr": lr,
-                      "train_loss": train["loss"], "train_acc1": train["acc1"],
-                      **{f"val_{k}": v for k, v in val.items() if k != "samples"},
-                      "images_per_s": train["images_per_s"], "seconds": train["seconds"]}
-            records.append(record)
-            append_jsonl(metrics_path, record)
-            logger.info("epoch %d/%d  lr %.4g  train loss %.4f acc %.2f%%  %s %.0f img/s  %.1f s",
-                        epoch, config.epochs, lr, train["loss"], train["acc1"],
-                        f"val loss {val['loss']:.4f} acc {val['acc1']:.2f}%" if val else "(no val)",
-                        train["images_per_s"], train["seconds"])
-            is_best = has_val and val["acc1"] > best_acc
-            if is_best:
-                best_acc, best_epoch = val["acc1"], epoch
-            ckpt_metrics = {**{k: v for k, v in record.items() if k not in ("epoch", "step")},
-                            "best_val_acc1": best_acc if has_val else None, "best_epoch": best_epoch}
-            saved = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                         config=config.to_dict(), epoch=epoch, step=step, metrics=ckpt_metrics)
-            save_checkpoint(ckpt_dir, f"epoch_{epoch:04d}", **saved)
-            if is_best:
-                save_checkpoint(ckpt_dir, "best", **saved)
-            prune_checkpoints(ckpt_dir, config.keep_last)
-            plot_curves(records, curves_path, title=f"{config.model} on {config.data}")
-            _check_stuck(config, epoch, train["loss"])
 
-        return _final_test(config, out_dir, model, test_loader, precision, records,
-                           has_val=has_val, best_epoch=best_epoch)
+def _quiet(*_args: Any) -> None:
+    """Logging on ranks other than 0: nothing."""
 
 
 def _check_stuck(config: TrainConfig, epoch: int, train_loss: float) -> None:
@@ -504,8 +409,9 @@ def _check_stuck(config: TrainConfig, epoch: int, train_loss: float) -> None:
         )
 
 
-def _final_test(config: TrainConfig, out_dir: Path, model: nn.Module, test_loader: BatchLoader,
-                precision: Precision, records: list[dict[str, Any]], *, has_val: bool,
+def _final_test(config: TrainConfig, out_dir: Path, model: nn.Module, eval_model: nn.Module,
+                test_loader: BatchLoader, precision: Precision, records: list[dict[str, Any]],
+                class_names: tuple[str, ...], dist: DistInfo, *, has_val: bool,
                 best_epoch: int) -> RunResult:
     ckpt_dir = out_dir / CHECKPOINT_DIR
     last = latest_checkpoint(ckpt_dir)
@@ -519,16 +425,23 @@ def _final_test(config: TrainConfig, out_dir: Path, model: nn.Module, test_loade
         tested_epoch = records[-1]["epoch"] if records else 0
     record = next((r for r in records if r["epoch"] == tested_epoch), {})
     val = {k[4:]: v for k, v in record.items() if k.startswith("val_")}
-    test = evaluate(model, test_loader, precision, num_classes=config.num_classes)
-    logger.info("test (%s weights, epoch %d): loss %.4f  acc1 %.2f%%%s", choice, tested_epoch,
-                test["loss"], test["acc1"], f"  acc5 {test['acc5']:.2f}%" if "acc5" in test else "")
-    final_path = out_dir / "final_metrics.json"
-    atomic_write_json(final_path, {
-        "test_weights": choice, "tested_epoch": tested_epoch,
-        "checkpoint": str(chosen.relative_to(out_dir)), "epochs_completed": config.epochs,
-        "val": val, "test": test,
-    })
+    report = classification_report(predict(eval_model, test_loader, precision, dist=dist),
+                                   class_names)
+    test = {"loss": report["loss"], **{k: report[k] for k in ("acc1", "acc5") if k in report},
+            "samples": report["samples"]}
+    final_path, report_path = out_dir / "final_metrics.json", out_dir / "test_report.json"
+    if dist.is_main:
+        logger.info("test (%s weights, epoch %d): loss %.4f  acc1 %.2f%%%s", choice, tested_epoch,
+                    test["loss"], test["acc1"], f"  acc5 {test['acc5']:.2f}%" if "acc5" in test else "")
+        atomic_write_json(final_path, {
+            "test_weights": choice, "tested_epoch": tested_epoch,
+            "checkpoint": str(chosen.relative_to(out_dir)), "epochs_completed": config.epochs,
+            "val": val, "test": test,
+        })
+        write_report({"test_weights": choice, "tested_epoch": tested_epoch, **report}, out_dir,
+                     title=f"{config.model} on {config.data}: test, {choice} weights")
     return RunResult(out_dir=out_dir, config=config, epochs_completed=config.epochs,
                      test_weights=choice, tested_epoch=tested_epoch, val=val, test=test,
                      checkpoint=chosen, last_checkpoint=last, final_metrics_path=final_path,
-                     metrics_path=out_dir / "metrics.jsonl", curves_path=out_dir / "curves.png")
+                     metrics_path=out_dir / "metrics.jsonl", curves_path=out_dir / "curves.png",
+                     test_report_path=report_path, model=model)

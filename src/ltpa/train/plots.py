@@ -1,4 +1,5 @@
-"""Training curves (loss, accuracy, learning rate) as one PNG, without pyplot's global state."""
+"""Training curves (loss, accuracy, learning rate) and confusion matrices as PNGs, without
+pyplot's global state."""
 from __future__ import annotations
 
 import io
@@ -10,7 +11,7 @@ from typing import Any
 
 from .checkpoint import atomic_write_bytes
 
-__all__ = ["plot_curves"]
+__all__ = ["plot_curves", "plot_confusion"]
 
 
 def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -62,6 +63,46 @@ def plot_curves(records: Sequence[dict[str, Any]], path: str | os.PathLike, *, t
         lr_ax.set_yscale("log")
     if title:
         fig.suptitle(title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], class_names: Sequence[str],
+                   path: str | os.PathLike, *, title: str = "") -> Path:
+    """Draw a confusion matrix, each row divided by its true class's count, and write it
+    atomically to ``path`` (PNG).
+
+    Args:
+        matrix: ``K x K`` counts, rows true classes, columns predictions.
+        class_names: ``K`` names; shown as tick labels for up to 40 classes.
+        path: PNG file to write.
+        title: figure title.
+
+    Returns:
+        ``path`` as a Path.
+    """
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(matrix, dtype=np.float64)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    k = len(class_names)
+    side = min(4 + 0.25 * k, 20)
+    fig = Figure(figsize=(side + 1.5, side), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    if k <= 40:
+        ax.set_xticks(range(k), labels=list(class_names), rotation=90, fontsize=7)
+        ax.set_yticks(range(k), labels=list(class_names), fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if title:
+        ax.set_title(title)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     return atomic_write_bytes(path, buffer.getvalue())

@@ -1,0 +1,140 @@
+"""The run folder's rules: what makes a folder a run, what may be written where, and the
+run's log file. ``fit`` asks :func:`check_out_dir` before it touches anything.
+
+A run folder holds::
+
+    config.json            the resolved TrainConfig (normalisation mean/std filled in)
+    environment.json       versions, device, precision, git commit, world size; resumes appended
+    train.log              this run's log messages (logger "ltpa"), appended on resume
+    metrics.jsonl          one JSON object per epoch
+    curves.png             loss / accuracy / lr per epoch, redrawn every epoch
+    tb/                    TensorBoard event files (config.tensorboard)
+    zca.safetensors        the ZCA whitening fitted on the train split (config.zca)
+    transfer_report.json   what config.init loaded (and .txt, the same as a table)
+    checkpoints/           epoch_NNNN.{safetensors,json} (the last keep_last) and best.*
+    final_metrics.json     test metrics, evaluated once after the last epoch
+    test_report.json       top-1/top-5 error and per-class accuracy of those weights
+    confusion_matrix.csv   rows: true class, columns: predicted class (and .png)
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from .checkpoint import latest_checkpoint
+
+__all__ = ["RUN_FORMAT", "CHECKPOINT_DIR", "TENSORBOARD_DIR", "RUN_FILES", "ZCA_FILE", "is_run",
+           "remove_run_files", "remove_stale_temporaries", "check_out_dir", "run_logging"]
+
+RUN_FORMAT = "ltpa-run"
+CHECKPOINT_DIR = "checkpoints"
+TENSORBOARD_DIR = "tb"
+ZCA_FILE = "zca.safetensors"
+RUN_FILES = ("config.json", "environment.json", "train.log", "metrics.jsonl", "curves.png",
+             "final_metrics.json", ZCA_FILE, "transfer_report.json", "transfer_report.txt",
+             "test_report.json", "confusion_matrix.csv", "confusion_matrix.png")
+
+
+def is_run(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds an ltpa run (its environment.json says so)."""
+    try:
+        env = json.loads((out_dir / "environment.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(env, dict) and env.get("format") == RUN_FORMAT
+
+
+def remove_run_files(out_dir: Path) -> None:
+    """Delete a previous run's own files only; anything else in the folder stays."""
+    for name in RUN_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (out_dir / name).unlink()
+    tb_dir = out_dir / TENSORBOARD_DIR
+    if tb_dir.is_dir():
+        for path in tb_dir.glob("events.out.tfevents.*"):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            tb_dir.rmdir()
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    if ckpt_dir.is_dir():
+        for pattern in ("epoch_*.json", "epoch_*.safetensors", "best.json", "best.safetensors",
+                        ".*.tmp"):
+            for path in ckpt_dir.glob(pattern):
+                path.unlink()
+        with contextlib.suppress(OSError):
+            ckpt_dir.rmdir()  # only if nothing foreign is left in it
+
+
+def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> str:
+    """Decide what to do with ``out_dir`` without changing anything: ``"new"``, ``"resume"``,
+    ``"overwrite"`` (a previous run's files are removed) or ``"beside"`` (write next to foreign
+    files). Raises ValueError when the folder may not be used."""
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True contradict each other; choose one")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output path {out_dir} exists and is not a folder; choose another path")
+    contents = sorted(p.name for p in out_dir.iterdir()) if out_dir.exists() else []
+    if resume:
+        if not is_run(out_dir):
+            raise ValueError(
+                f"cannot resume: {out_dir} does not hold an ltpa run (no environment.json of one). "
+                f"Start a new run without resume=True."
+            )
+        if latest_checkpoint(out_dir / CHECKPOINT_DIR) is None:
+            raise ValueError(
+                f"cannot resume: {out_dir} holds a run but no epoch checkpoint (it stopped before "
+                f"finishing its first epoch). Start it again with overwrite=True."
+            )
+        return "resume"
+    if not contents:
+        return "new"
+    if not overwrite:
+        what = "already holds an ltpa run" if is_run(out_dir) else "is not empty"
+        raise ValueError(
+            f"output folder {out_dir} {what} ({', '.join(contents[:6])}"
+            f"{', ...' if len(contents) > 6 else ''}). Pass resume=True to continue that run, "
+            f"overwrite=True to replace it, or choose a new folder. Nothing was changed."
+        )
+    if is_run(out_dir):
+        return "overwrite"
+    clashes = [name for name in (*RUN_FILES, CHECKPOINT_DIR, TENSORBOARD_DIR) if (out_dir / name).exists()]
+    if clashes:
+        raise ValueError(
+            f"overwrite=True, but {out_dir} is not an ltpa run and holds files a run would replace "
+            f"({', '.join(clashes)}); refusing to delete them. Choose another folder."
+        )
+    return "beside"
+
+
+@contextlib.contextmanager
+def run_logging(out_dir: Path) -> Iterator[None]:
+    """Copy the "ltpa" logger's INFO messages into ``out_dir/train.log`` for the run."""
+    root = logging.getLogger("ltpa")
+    handler = logging.FileHandler(out_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    old_level = root.level
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+
+
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete the hidden ``.NAME.XXXX.tmp`` files that an atomic write killed half-way (kill -9,
+    power loss) leaves behind in the run folder and its checkpoints. Call it only when no other
+    process writes to the run. Returns the paths removed."""
+    removed = []
+    for folder in (out_dir, out_dir / CHECKPOINT_DIR):
+        for path in folder.glob(".*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed

@@ -1,0 +1,143 @@
+"""The pieces ``fit`` assembles a run from: run files, weight transfer and parameter groups,
+head warm-up, the DDP / torch.compile wrappers, TensorBoard, and the lr schedule."""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import atomic_write_bytes, atomic_write_json
+from .config import TrainConfig
+from .distributed import DistInfo
+from .precision import Precision, describe_environment
+from .run_dir import RUN_FORMAT, TENSORBOARD_DIR, ZCA_FILE
+from .whitening import save_whitening
+
+__all__ = ["write_run_files", "transfer_init", "param_groups", "head_only", "wrap", "tensorboard",
+           "log_scalars", "make_lr_lambda"]
+
+
+def write_run_files(out_dir: Path, config: TrainConfig, precision: Precision, dist: DistInfo, *,
+                     resume: bool, zca: Any) -> None:
+    atomic_write_json(out_dir / "config.json", config.to_dict())
+    environment = {**describe_environment(precision), "world_size": dist.world_size}
+    if resume:
+        previous = json.loads((out_dir / "environment.json").read_text(encoding="utf-8"))
+        previous.setdefault("resumed", []).append(environment)
+        atomic_write_json(out_dir / "environment.json", previous)
+    else:
+        atomic_write_json(out_dir / "environment.json", {"format": RUN_FORMAT, **environment})
+    if zca is not None:
+        save_whitening(zca, out_dir / ZCA_FILE)
+
+
+def transfer_init(model: nn.Module, config: TrainConfig, out_dir: Path, main: bool,
+                   say: Callable[..., None]) -> None:
+    """Load ``config.init`` into ``model`` by the ``transfer`` patterns; report every tensor."""
+    try:
+        from ltpa.transfer import load_source_state, transfer_weights
+    except ImportError as err:
+        raise ValueError("init=... needs the ltpa.transfer package, which this installation "
+                         "lacks; remove init to train from scratch") from err
+    state = load_source_state(config.init, model_hint=model)
+    report = transfer_weights(model, state, list(config.transfer) or ["all-but-head"])
+    if main:
+        atomic_write_json(out_dir / "transfer_report.json", report.to_dict())
+        text = report.format()
+        atomic_write_bytes(out_dir / "transfer_report.txt", (text + "\n").encode("utf-8"))
+        say("initialised from %s:\n%s", config.init, text)
+
+
+def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    if not (config.freeze or config.lr_multipliers):
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    try:
+        from ltpa.transfer import param_groups
+    except ImportError as err:
+        raise ValueError("freeze/lr_multipliers need the ltpa.transfer package, which this "
+                         "installation lacks") from err
+    return param_groups(model, freeze=list(config.freeze),
+                        lr_multipliers=dict(config.lr_multipliers), base_lr=config.lr)
+
+
+def head_only(model: nn.Module, trainable: set[str], head_only: bool) -> None:
+    """During head warm-up only the classifier head (``head.*``) trains; frozen stays frozen.
+
+    Parameters without gradients are skipped by SGD (no momentum, no weight decay)."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable and (not head_only or name.startswith("head.")))
+
+
+def wrap(model: nn.Module, config: TrainConfig, dist: DistInfo) -> tuple[nn.Module, nn.Module]:
+    """The module to train (DDP and/or torch.compile around ``model``) and the one to evaluate
+    (no DDP: evaluation shards may differ by a batch, and DDP's forward would wait on peers)."""
+    train_model: nn.Module = model
+    if dist.enabled:
+        device_ids = [dist.device.index] if dist.device.type == "cuda" else None
+        # head warm-up leaves the trunk without gradients for some epochs
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=config.head_warmup_epochs > 0)
+    if not config.compile:
+        return train_model, model
+    compiled = torch.compile(model)
+    return (torch.compile(train_model) if dist.enabled else compiled), compiled
+
+
+def tensorboard(out_dir: Path, config: TrainConfig, main: bool, *, purge_step: int | None):
+    if not (main and config.tensorboard):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    # purge_step drops events of epochs after the checkpoint a resumed run restarts from
+    return SummaryWriter(log_dir=str(out_dir / TENSORBOARD_DIR), purge_step=purge_step)
+
+
+def log_scalars(writer, record: dict[str, Any]) -> None:
+    if writer is None:
+        return
+    epoch = record["epoch"]
+    for key, tag in (("train_loss", "train/loss"), ("train_acc1", "train/acc1"),
+                     ("val_loss", "val/loss"), ("val_acc1", "val/acc1"), ("val_acc5", "val/acc5"),
+                     ("lr", "lr"), ("images_per_s", "throughput/img_per_s")):
+        value = record.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            writer.add_scalar(tag, value, epoch)
+    writer.flush()
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def make_lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Factor on ``config.lr`` at optimizer step ``s`` (0-based), for ``LambdaLR``.
+
+    Step decay happens at epoch boundaries: ``lr_gamma ** (epoch // lr_step_epochs)``, or, when
+    ``lr_milestones`` is set, one factor per milestone reached (``lr_milestone_gammas`` or
+    ``lr_gamma``). Warm-up multiplies by ``(s + 1) / (warmup_epochs * steps_per_epoch)`` until
+    that reaches 1. A plain function, so the scheduler's state dict stays JSON-friendly.
+    """
+    milestones = tuple(config.lr_milestones)
+    gammas = tuple(config.lr_milestone_gammas) or (config.lr_gamma,) * len(milestones)
+    warm_steps = config.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        epoch = step // steps_per_epoch
+        if milestones:
+            value = 1.0
+            for milestone, gamma in zip(milestones, gammas):
+                if epoch >= milestone:
+                    value *= gamma
+        elif config.lr_step_epochs > 0:
+            value = config.lr_gamma ** (epoch // config.lr_step_epochs)
+        else:
+            value = 1.0
+        if warm_steps > 0:
+            value *= min(1.0, (step + 1) / warm_steps)
+        return value
+
+    return factor
