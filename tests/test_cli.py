@@ -175,3 +175,41 @@ def test_diagnose_explains_every_level(run_dir, capsys):
     for level in ("conv7 (32x32, stride 1)", "conv10 (16x16, stride 2)", "conv13 (8x8, stride 4)"):
         assert level in out
     assert "Verdict" in out
+
+
+def test_presets_lists_the_paper_recipes(capsys):
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("cifar100-vgg-att3", "cifar100-vgg-att3-official", "cub-vgg-att2", "cifar100-vgg-noatt"):
+        assert name in out
+
+
+def test_train_from_a_preset_with_overrides(tmp_path):
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--preset", "synthetic-vgg-att3", "--out", str(out), *TINY]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"] == "vgg_att3" and config["model_options"]["dropout"] is False
+    assert config["model_options"]["width"] == 0.0625 and config["num_train"] == 64
+
+
+def test_unknown_preset_suggests_names(tmp_path, capsys):
+    assert main(["-q", "train", "--preset", "cifar100-vgg-att", "--out", str(tmp_path / "r")]) == 2
+    assert "cifar100-vgg-att3" in capsys.readouterr().err
+
+
+def test_eval_reports_errors_and_per_class_accuracy(run_dir, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["-q", "eval", str(run_dir / "checkpoints" / "best.json"), "--out", str(out)]) == 0
+    assert "top-1 error" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["samples"] == 32 and len(report["per_class"]) == 4
+    assert sum(map(sum, report["confusion_matrix"])) == 32
+
+
+def test_init_transfers_weights_and_saves_a_report(run_dir, tmp_path):
+    out = tmp_path / "finetune"
+    assert main(["-q", "train", "--out", str(out), *TINY, "--init", str(run_dir / "checkpoints" / "best.json"),
+                 "--transfer", "trunk+global", "--freeze", "trunk.conv1-7"]) == 0
+    report = json.loads((out / "transfer_report.json").read_text())
+    assert report["counts"]["loaded"] > 0 and report["counts"]["skipped"] > 0
+    assert "trunk.conv7.conv.weight" in (out / "transfer_report.txt").read_text() or report["counts"]["loaded"] > 50

@@ -29,9 +29,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _config_from_args(args: argparse.Namespace):
     from .train.config import TrainConfig, apply_overrides
+    from .train.presets import get_preset
 
-    config = TrainConfig()
-    shortcuts = {"model": args.model, "data": args.data, "epochs": args.epochs, "seed": args.seed}
+    config = get_preset(args.preset) if args.preset else TrainConfig()
+    shortcuts = {"model": args.model, "data": args.data, "epochs": args.epochs, "seed": args.seed,
+                 "init": args.init, "transfer": args.transfer, "freeze": args.freeze}
     config = apply_overrides(config, [f"{k}={v}" for k, v in shortcuts.items() if v is not None])
     return apply_overrides(config, args.set or [])
 
@@ -44,6 +46,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     test = result.test
     print(f"test top-1 {test['acc1']:.2f}%" + (f"  top-5 {test['acc5']:.2f}%" if "acc5" in test else "")
           + f"  ({result.test_weights} weights, epoch {result.tested_epoch}); run folder: {result.out_dir}")
+    return 0
+
+
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from .train.presets import describe_preset, list_presets
+
+    for name in list_presets():
+        print(describe_preset(name))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .train.evaluation import evaluate_checkpoint, format_report
+
+    report = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
+                                 out=args.out)
+    if args.quiet:  # otherwise the library has logged the same lines
+        print(format_report(report))
+    print(f"saved: {report['path']}")
     return 0
 
 
@@ -128,9 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'vgg_att*'")
     p.set_defaults(func=_cmd_models)
 
+    p = sub.add_parser("presets", help="list the training recipes (--preset NAME)")
+    p.set_defaults(func=_cmd_presets)
+
     p = sub.add_parser("train", help="train a model; writes a run folder")
+    p.add_argument("--preset", help="start from a recipe (see `ltpa presets`); flags and --set override it")
     p.add_argument("--model", help="model name (see `ltpa models`), default vgg_att3")
-    p.add_argument("--data", help="data source, default synthetic")
+    p.add_argument("--data", help="data spec (see `ltpa data`), default synthetic")
+    p.add_argument("--init", help="checkpoint to start from (ltpa, or a foreign PyTorch state dict)")
+    p.add_argument("--transfer", help="comma-separated patterns or a preset of what --init loads "
+                   "(trunk, trunk+global, trunk+global+attention, all-but-head; default all-but-head)")
+    p.add_argument("--freeze", help="comma-separated patterns of parameters to freeze, e.g. trunk.conv1-7")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -141,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="top-1/top-5 error and per-class accuracy of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default=None, help="data spec (default: the run's own)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"))
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--out", default=None, help="JSON file (default RUN/eval/<checkpoint>_<split>.json)")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("attend", help="predict and draw per-level attention for images")
     p.add_argument("checkpoint", help="checkpoint .json/.safetensors (e.g. RUN/checkpoints/best.json)")

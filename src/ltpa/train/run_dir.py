@@ -86,7 +86,7 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> str:
         if latest_checkpoint(out_dir / CHECKPOINT_DIR) is None:
             raise ValueError(
                 f"cannot resume: {out_dir} holds a run but no epoch checkpoint (it stopped before "
-                f"finishing its first epoch). Start it again with overwrite=True."
+                f"finishing its first epoch). Start it again with overwrite=True (--overwrite)."
             )
         return "resume"
     if not contents:
@@ -95,8 +95,8 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> str:
         what = "already holds an ltpa run" if is_run(out_dir) else "is not empty"
         raise ValueError(
             f"output folder {out_dir} {what} ({', '.join(contents[:6])}"
-            f"{', ...' if len(contents) > 6 else ''}). Pass resume=True to continue that run, "
-            f"overwrite=True to replace it, or choose a new folder. Nothing was changed."
+            f"{', ...' if len(contents) > 6 else ''}). Pass resume=True (--resume) to continue that run, "
+            f"overwrite=True (--overwrite) to replace it, or choose a new folder. Nothing was changed."
         )
     if is_run(out_dir):
         return "overwrite"
