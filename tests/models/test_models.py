@@ -261,3 +261,19 @@ def test_activation_checkpointing_gives_the_same_step(name):
         torch.testing.assert_close(a.grad, b.grad, msg=name_a)
     for (key, a), (_, b) in zip(plain.state_dict().items(), checkpointed.state_dict().items()):
         torch.testing.assert_close(a, b, msg=f"{key}: BN statistics must be updated once per step")
+
+
+def test_fast_dropout_keeps_with_probability_1_minus_p_and_rescales():
+    from ltpa.models.blocks import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.4)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.6) < 0.005
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.6))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.6)  # gradient flows through the kept units only
+    drop.eval()
+    assert drop(x) is x
