@@ -213,3 +213,41 @@ def test_init_transfers_weights_and_saves_a_report(run_dir, tmp_path):
     report = json.loads((out / "transfer_report.json").read_text())
     assert report["counts"]["loaded"] > 0 and report["counts"]["skipped"] > 0
     assert "trunk.conv7.conv.weight" in (out / "transfer_report.txt").read_text() or report["counts"]["loaded"] > 50
+
+
+def test_attend_overwrite_never_deletes_a_folder_ltpa_did_not_write(run_dir, images, tmp_path, capsys):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    assert main(["attend", str(run_dir / "checkpoints" / "best.json"), str(images), "--out", str(out),
+                 "--overwrite"]) == 2
+    assert "not written by ltpa" in capsys.readouterr().err
+    assert (out / "thesis.tex").read_text() == "years of work"
+    # a folder written by attend itself may be replaced
+    again = tmp_path / "again"
+    for _ in range(2):
+        assert main(["attend", str(run_dir / "checkpoints" / "best.json"), str(images), "--out", str(again),
+                     "--overwrite"]) == 0
+
+
+def test_unique_stems_never_collide():
+    from pathlib import Path
+
+    from ltpa.inference import _unique_stems
+
+    stems = _unique_stems([Path("a/x.png"), Path("b/x.png"), Path("x_1.png"), Path("c/x.jpg")])
+    assert len(set(stems)) == 4
+
+
+def test_zca_run_is_whitened_the_same_way_at_inference(tmp_path, images):
+    from ltpa.inference import load_trained, normalise
+
+    out = tmp_path / "zca"
+    assert main(["-q", "train", "--out", str(out), *TINY, "--set", "zca=true", "--set", "image_size=16"]) == 0
+    trained = load_trained(out / "checkpoints" / "best.json")
+    assert trained.whiten is not None
+    batch = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    whitened = trained.prepare(batch)
+    assert not torch.allclose(whitened, normalise(batch, trained.config.mean, trained.config.std))
+    assert main(["attend", str(out / "checkpoints" / "best.json"), str(images), "--out", str(tmp_path / "a")]) == 0
+    assert trained.class_names == tuple(json.loads((out / "classes.json").read_text()))

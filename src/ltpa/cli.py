@@ -100,7 +100,8 @@ def _cmd_localise(args: argparse.Namespace) -> int:
     if evaluation.masks is None and evaluation.boxes is None:
         raise ValueError(f"{args.data or trained.config.data!r} has no boxes or masks to score against; "
                          "use synthetic, cub:PATH or masks:PATH")
-    out = prepare_out_dir(args.out, overwrite=args.overwrite, what="localisation report")
+    out = prepare_out_dir(args.out, overwrite=args.overwrite, what="localisation report",
+                          marker="localisation.json")
     result = localise_trained(trained, evaluation.images, **evaluation.ground_truth(),
                               methods=tuple(args.methods), tolerance=args.tolerance,
                               faithfulness_images=args.faithfulness_images, steps=args.steps)
@@ -117,7 +118,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
     trained = load_trained(args.checkpoint)
     evaluation = _evaluation_set(args, trained)
-    summary = diagnose(trained.model, evaluation.images, mean=trained.config.mean, std=trained.config.std)
+    summary = diagnose(trained.model, trained.prepare(evaluation.images))
     print(f"{evaluation.description}; checkpoint {trained.checkpoint}")
     print(explain(summary))
     return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from .attention import compute_maps, save_figure
 from .attention.scoring import localisation_scores
 from .data.synthetic import SyntheticLocalisation
-from .inference import load_trained, normalise, overlay_grid_from_arrays
+from .inference import load_trained, overlay_grid_from_arrays
 from .train.checkpoint import atomic_write_bytes, atomic_write_json
 from .train.config import TrainConfig
 from .train.loop import RunResult, fit
@@ -60,7 +60,7 @@ def score_synthetic_run(checkpoint: str | Path, out: Path, *, num_images: int | 
     config = trained.config
     test = SyntheticLocalisation(num_images or config.num_test, image_size=config.image_size,
                                  num_classes=config.num_classes, seed=config.data_seed, split="test")
-    maps = compute_maps(trained.model, normalise(test.images, config.mean, config.std))
+    maps = compute_maps(trained.model, trained.prepare(test.images))
     scores = localisation_scores(maps, masks=test.masks)
     scores["accuracy"] = float((maps.predictions == test.targets).float().mean())
     atomic_write_json(out / "localisation.json", scores)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +16,10 @@ from .data.images import find_images, load_images
 from .models import create_model
 from .train.checkpoint import atomic_write_json, load_checkpoint, load_model_state
 from .train.config import TrainConfig
+from .train.run_dir import CLASSES_FILE, ZCA_FILE
+from .train.whitening import load_whitening
+
+PREDICTIONS_FILE = "predictions.json"
 
 __all__ = ["TrainedModel", "load_trained", "normalise", "class_names_for", "attend_files",
            "prepare_out_dir"]
@@ -30,16 +34,26 @@ class TrainedModel:
         config: the training config (model name, options, image size, normalisation).
         class_names: one name per class.
         checkpoint: the sidecar it came from.
+        whiten: the run's ZCA whitening (float [0, 1] batch in, whitened out), or None.
     """
 
     model: nn.Module
     config: TrainConfig
     class_names: tuple[str, ...]
     checkpoint: Path
+    whiten: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+
+    def prepare(self, images: Tensor) -> Tensor:
+        """uint8 images ``(B, 3, H, W)`` -> the model's input, exactly as in training (ZCA or mean/std)."""
+        if self.whiten is not None:
+            return self.whiten(images.float() / 255.0)
+        return normalise(images, self.config.mean, self.config.std)
 
 
-def class_names_for(config: TrainConfig) -> tuple[str, ...]:
-    """Class names of the data the config trains on (numbers when the source has none)."""
+def class_names_for(config: TrainConfig, run_dir: Path | None = None) -> tuple[str, ...]:
+    """Class names of a run: its ``classes.json``, else derived from the data (numbers at worst)."""
+    if run_dir is not None and (run_dir / CLASSES_FILE).is_file():
+        return tuple(json.loads((run_dir / CLASSES_FILE).read_text(encoding="utf-8")))
     if config.data == "synthetic":
         from .data.synthetic import SyntheticLocalisation
 
@@ -59,7 +73,17 @@ def load_trained(path: str | Path) -> TrainedModel:
     options = {"input_size": config.image_size, **config.model_options}
     model = create_model(config.model, num_classes=config.num_classes, **options)
     load_model_state(model, checkpoint)
-    return TrainedModel(model.eval(), config, class_names_for(config), checkpoint.path)
+    run_dir = _run_dir_of(checkpoint.path)
+    whiten = None
+    if config.zca:
+        whiten = load_whitening((run_dir or checkpoint.path.parent) / ZCA_FILE, device=torch.device("cpu"))
+    return TrainedModel(model.eval(), config, class_names_for(config, run_dir), checkpoint.path, whiten)
+
+
+def _run_dir_of(checkpoint: Path) -> Path | None:
+    """RUN for RUN/checkpoints/x.json (the trainer's layout), else None."""
+    parent = checkpoint.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else None
 
 
 def normalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
@@ -69,11 +93,14 @@ def normalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
     return (images.float() / 255.0 - mean_t) / std_t
 
 
-def prepare_out_dir(out: str | Path, *, overwrite: bool, what: str) -> Path:
-    """Create ``out``; refuse a non-empty folder unless ``overwrite`` (then empty it first).
+def prepare_out_dir(out: str | Path, *, overwrite: bool, what: str, marker: str) -> Path:
+    """Create ``out``; a non-empty folder is refused unless ``overwrite`` and it holds ``marker``.
+
+    Only a folder that an earlier run of the same command wrote (it has ``marker``) is emptied,
+    so ``--overwrite`` can never delete an unrelated folder.
 
     Raises:
-        ValueError: ``out`` is a file, or a non-empty folder without ``overwrite``.
+        ValueError: ``out`` is a file, or a non-empty folder that may not be replaced.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -83,6 +110,10 @@ def prepare_out_dir(out: str | Path, *, overwrite: bool, what: str) -> Path:
             raise ValueError(
                 f"output folder {str(out)!r} is not empty; choose a new folder or pass --overwrite "
                 f"to replace its contents with the {what}")
+        if not (out / marker).is_file():
+            raise ValueError(
+                f"--overwrite refused: {str(out)!r} is not empty and holds no {marker}, so it was not "
+                f"written by ltpa; choose a new or empty folder")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
@@ -125,8 +156,8 @@ def attend_files(
     paths = find_images(inputs)  # every check on the inputs runs before anything is written
     config = trained.config
     images = load_images(paths, size or config.image_size)
-    maps = compute_maps(trained.model, normalise(images, config.mean, config.std), batch_size=batch_size)
-    out = prepare_out_dir(out, overwrite=overwrite, what="attention maps")
+    maps = compute_maps(trained.model, trained.prepare(images), batch_size=batch_size)
+    out = prepare_out_dir(out, overwrite=overwrite, what="attention maps", marker=PREDICTIONS_FILE)
     probabilities = maps.logits.float().softmax(dim=1)
     stems = _unique_stems(paths)
     pixels = images.permute(0, 2, 3, 1).numpy()
@@ -150,17 +181,21 @@ def attend_files(
                "normalisation": maps.normalisation, "display_mode": mode,
                "levels": [{"name": lv.name, "stride": lv.stride, "offset": lv.offset} for lv in maps.levels],
                "images": records}
-    atomic_write_json(out / "predictions.json", summary)
+    atomic_write_json(out / PREDICTIONS_FILE, summary)
     return summary
 
 
 def _unique_stems(paths: Sequence[Path]) -> list[str]:
-    seen: dict[str, int] = {}
+    """File stems, with ``_1``, ``_2``... added until each is unused (a/x.png, b/x.png, x_1.png)."""
+    used: set[str] = set()
     stems = []
     for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        stems.append(path.stem if count == 0 else f"{path.stem}_{count}")
+        stem, count = path.stem, 0
+        while stem in used:
+            count += 1
+            stem = f"{path.stem}_{count}"
+        used.add(stem)
+        stems.append(stem)
     return stems
 
 

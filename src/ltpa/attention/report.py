@@ -214,10 +214,9 @@ def localise(
 
 
 def localise_trained(trained, images: Tensor, **kwargs) -> dict:
-    """:func:`localise` for a :func:`ltpa.inference.load_trained` result and uint8 images: the
-    training mean/std come from its config."""
-    config = trained.config
-    return localise(trained.model, images, mean=config.mean, std=config.std, **kwargs)
+    """:func:`localise` for a :func:`ltpa.inference.load_trained` result and uint8 images, which
+    are prepared exactly as in training (mean/std or the run's ZCA whitening)."""
+    return localise(trained.model, trained.prepare(images), **kwargs)
 
 
 def _jsonable(value):

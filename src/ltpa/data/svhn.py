@@ -48,7 +48,7 @@ def read_svhn_mat(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     if len(y) != x.shape[3]:
         raise ValueError(f"{path}: {x.shape[3]} images but {len(y)} labels")
     labels = y.astype(np.int64)
-    bad = (labels < 0) | (labels > 10) | (labels != y)
+    bad = (labels < 1) | (labels > 10) | (labels != y)
     if bad.any():
         raise ValueError(f"{path}: {int(bad.sum())} label(s) outside 1-10 (10 is the digit 0), e.g. {y[bad][0]!r} "
                          f"at index {int(np.nonzero(bad)[0][0])}")

@@ -25,6 +25,8 @@ __all__ = [
     "augment_batch",
     "BatchLoader",
     "derive_seed",
+    "AUGMENT_STREAM",
+    "DROPOUT_STREAM",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +57,11 @@ class DataSplits:
         return (f"train {len(self.train_targets)}, val {len(self.val_targets)}, "
                 f"test {len(self.test_targets)} images of {tuple(self.train_images.shape[1:])}, "
                 f"{self.num_classes} classes")
+
+
+# Disjoint stream ranges per purpose, so that no rank's stream equals another purpose's.
+AUGMENT_STREAM = 1 << 20
+DROPOUT_STREAM = 2 << 20
 
 
 def derive_seed(seed: int, epoch: int, stream: int) -> int:
@@ -340,7 +347,7 @@ class BatchLoader:
         if self.augment:
             aug_gen = torch.Generator(device=self.device)
             # rank 0 keeps stream 3, so one process draws what it always did
-            aug_gen.manual_seed(derive_seed(self.seed, self.epoch, 3 + 4 * self.rank))
+            aug_gen.manual_seed(derive_seed(self.seed, self.epoch, AUGMENT_STREAM + self.rank))
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             images = self.images[idx]

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from .checkpoint import (atomic_write_bytes, atomic_write_json, latest_checkpoint, load_checkpoint,
                          load_model_state, prune_checkpoints, save_checkpoint)
 from .config import TrainConfig, resume_config
-from .data_setup import BatchLoader, build_data, channel_mean_std, derive_seed
+from .data_setup import DROPOUT_STREAM, BatchLoader, build_data, channel_mean_std, derive_seed
 from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, distributed,
                           read_dist_env)
 from .evaluation import build_model, classification_report, evaluate, predict, write_report
@@ -289,7 +289,8 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
         say("data: %s", data.describe())
         say("config: %s", json.dumps(config.to_dict(), sort_keys=True))
         if main:
-            write_run_files(out_dir, config, precision, dist, resume=resume, zca=zca)
+            write_run_files(out_dir, config, precision, dist, resume=resume, zca=zca,
+                            class_names=tuple(data.class_names))
 
         model.to(precision.device, memory_format=precision.memory_format)
         say("model %s: %.3f M parameters", config.model,
@@ -342,7 +343,7 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
         writer = tensorboard(out_dir, config, main, purge_step=start_epoch + 1 if resume else None)
         try:
             for epoch in range(start_epoch + 1, config.epochs + 1):
-                torch.manual_seed(derive_seed(config.seed, epoch, 5 + dist.rank))  # dropout
+                torch.manual_seed(derive_seed(config.seed, epoch, DROPOUT_STREAM + dist.rank))
                 head_only(model, trainable, epoch <= config.head_warmup_epochs)
                 train_loader.set_epoch(epoch)
                 lr = optimizer.param_groups[0]["lr"]  # at the epoch's first step
@@ -418,8 +419,9 @@ def _final_test(config: TrainConfig, out_dir: Path, model: nn.Module, eval_model
     choice = config.test_weights if config.test_weights != "auto" else ("best" if has_val else "final")
     if choice == "best" and (ckpt_dir / "best.json").exists():
         chosen = ckpt_dir / "best.json"
-        load_model_state(model, load_checkpoint(chosen))
-        tested_epoch = best_epoch
+        best = load_checkpoint(chosen)
+        load_model_state(model, best)
+        tested_epoch = best.epoch  # from the weights themselves, even after a kill between saves
     else:
         choice, chosen = "final", last
         tested_epoch = records[-1]["epoch"] if records else 0

@@ -15,7 +15,7 @@ from .checkpoint import atomic_write_bytes, atomic_write_json
 from .config import TrainConfig
 from .distributed import DistInfo
 from .precision import Precision, describe_environment
-from .run_dir import RUN_FORMAT, TENSORBOARD_DIR, ZCA_FILE
+from .run_dir import CLASSES_FILE, RUN_FORMAT, TENSORBOARD_DIR, ZCA_FILE
 from .whitening import save_whitening
 
 __all__ = ["write_run_files", "transfer_init", "param_groups", "head_only", "wrap", "tensorboard",
@@ -23,8 +23,10 @@ __all__ = ["write_run_files", "transfer_init", "param_groups", "head_only", "wra
 
 
 def write_run_files(out_dir: Path, config: TrainConfig, precision: Precision, dist: DistInfo, *,
-                     resume: bool, zca: Any) -> None:
+                     resume: bool, zca: Any, class_names: tuple[str, ...] = ()) -> None:
     atomic_write_json(out_dir / "config.json", config.to_dict())
+    if class_names:  # so that `ltpa attend` and friends can name predictions
+        atomic_write_json(out_dir / CLASSES_FILE, list(class_names))
     environment = {**describe_environment(precision), "world_size": dist.world_size}
     if resume:
         previous = json.loads((out_dir / "environment.json").read_text(encoding="utf-8"))
