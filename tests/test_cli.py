@@ -251,3 +251,10 @@ def test_zca_run_is_whitened_the_same_way_at_inference(tmp_path, images):
     assert not torch.allclose(whitened, normalise(batch, trained.config.mean, trained.config.std))
     assert main(["attend", str(out / "checkpoints" / "best.json"), str(images), "--out", str(tmp_path / "a")]) == 0
     assert trained.class_names == tuple(json.loads((out / "classes.json").read_text()))
+
+
+def test_missing_init_is_rejected_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--out", str(out), *TINY, "--init", str(tmp_path / "nowhere")]) == 2
+    assert "no transfer source" in capsys.readouterr().err
+    assert not out.exists()

@@ -36,7 +36,7 @@ from .plots import plot_curves
 from .precision import Precision, algorithm_settings, resolve_precision
 from .run_dir import (CHECKPOINT_DIR, ZCA_FILE, check_out_dir, remove_run_files,
                       remove_stale_temporaries, run_logging)
-from .run_setup import (head_only, log_scalars, make_lr_lambda, param_groups, tensorboard,
+from .run_setup import (head_only, load_transfer_source, log_scalars, make_lr_lambda, param_groups, tensorboard,
                         transfer_init, wrap, write_run_files)
 from .whitening import as_batch_function, fit_whitening, load_whitening
 
@@ -250,7 +250,8 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
     model = build_model(config)
     data = build_data(config)
     if data.num_classes != config.num_classes:
-        raise ValueError(f"data has {data.num_classes} classes but num_classes={config.num_classes}")
+        raise ValueError(f"{config.data} has {data.num_classes} classes but num_classes={config.num_classes}; "
+                         f"pass --set num_classes={data.num_classes}")
     if config.mean is None or config.std is None:
         mean, std = channel_mean_std(data.train_images)
         config = dataclasses.replace(config, mean=config.mean or mean, std=config.std or std)
@@ -260,6 +261,7 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
     elif config.zca:
         zca = fit_whitening(data.train_images, epsilon=config.zca_epsilon)  # train split only
         whiten = as_batch_function(zca, precision.device)
+    source = None if resume else load_transfer_source(config, model)
     resume_from = load_checkpoint(latest_checkpoint(out_dir / CHECKPOINT_DIR)) if resume else None
     if resume_from is not None and resume_from.epoch > config.epochs:
         raise ValueError(f"cannot resume {out_dir} at epoch {resume_from.epoch} with epochs="
@@ -295,8 +297,8 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
         model.to(precision.device, memory_format=precision.memory_format)
         say("model %s: %.3f M parameters", config.model,
             sum(p.numel() for p in model.parameters()) / 1e6)
-        if config.init and not resume:  # on resume the checkpoint holds the weights
-            transfer_init(model, config, out_dir, main, say)
+        if source is not None:  # on resume the checkpoint holds the weights
+            transfer_init(model, source, config, out_dir, main, say)
         groups = param_groups(model, config)
         trainable = {name for name, p in model.named_parameters() if p.requires_grad}
 

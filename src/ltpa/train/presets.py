@@ -123,8 +123,11 @@ def svhn_vgg_att3() -> TrainConfig:
 def cub_vgg_att2() -> TrainConfig:
     """VGG-att2 on 80x80 CUB-200-2011, fine-tuned from a CIFAR-100 VGG-att2 (paper: 26.87%).
 
-    Needs the source run: ``--set init=runs/c100_att2/checkpoints/best.json`` (all conv, global
-    and attention weights are loaded, the classifier re-initialised: transfer all-but-head).
+    Starts from the ``cifar100-vgg-att2`` run in ``runs/c100_att2`` (its last epoch; train it with
+    ``ltpa train --preset cifar100-vgg-att2 --out runs/c100_att2``) or from ``--init PATH``; all
+    conv, global and attention weights are loaded, the classifier re-initialised (transfer
+    all-but-head). Without a source the run stops with a clear error instead of silently
+    training from scratch (``--set init=`` with an empty value trains from scratch on purpose).
     Official code: 80x80 input (5x5 pool after conv7), lr 0.1 doubled at epochs 30 and 60,
     then halved every 30 epochs, 320 epochs, batch 128, all layers trained. ltpa's choices:
     images resized (short side) and centre-cropped to 80x80, flip + 4-px crop, mean/std.
@@ -133,7 +136,37 @@ def cub_vgg_att2() -> TrainConfig:
     gammas = (2.0, 2.0) + (0.5,) * (len(milestones) - 2)
     return _paper(model="vgg_att2", data="cub:data/CUB_200_2011", num_classes=200,
                   image_size=80, epochs=320, lr_step_epochs=0, lr_milestones=milestones,
-                  lr_milestone_gammas=gammas, resize_mode="resize_crop")
+                  lr_milestone_gammas=gammas, resize_mode="resize_crop", init="runs/c100_att2",
+                  transfer=("all-but-head",))
+
+
+@register_preset("CIFAR-100 (VGG-att2)-concat-pc: 23.17% error; the source model of cub-vgg-att2")
+def cifar100_vgg_att2() -> TrainConfig:
+    """VGG-att2 (levels 10, 13) on CIFAR-100 (paper: 23.17% error), as ``cifar100-vgg-att3``.
+
+    Train it into ``runs/c100_att2`` to fine-tune ``cub-vgg-att2`` from it.
+    """
+    return _paper(model="vgg_att2")
+
+
+def _resnet(**changes) -> TrainConfig:
+    """PAPER.md's ResNet recipe: lr 0.1 Nesterov, x0.2 at epochs 60, 120, 160, 200 epochs, batch 64,
+    flip + 4-px crop."""
+    recipe = dict(model="rn_att2", epochs=200, batch_size=64, nesterov=True, lr_step_epochs=0,
+                  lr_milestones=(60, 120, 160), lr_gamma=0.2)
+    return _paper(**{**recipe, **changes})
+
+
+@register_preset("CIFAR-100 RN-att2 (pre-activation ResNet-164 with attention)")
+def cifar100_rn_att2() -> TrainConfig:
+    """RN-att2 on CIFAR-100 with the paper's ResNet recipe (official ResNet code's schedule)."""
+    return _resnet()
+
+
+@register_preset("CIFAR-100 pre-activation ResNet-164 baseline (no attention)")
+def cifar100_preact_resnet() -> TrainConfig:
+    """The ResNet-164 baseline on the RN-att2 recipe."""
+    return _resnet(model="preact_resnet")
 
 
 @register_preset("CIFAR-100 VGG baseline (vgg_bn_drop): 30.62% error")

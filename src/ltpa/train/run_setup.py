@@ -18,7 +18,7 @@ from .precision import Precision, describe_environment
 from .run_dir import CLASSES_FILE, RUN_FORMAT, TENSORBOARD_DIR, ZCA_FILE
 from .whitening import save_whitening
 
-__all__ = ["write_run_files", "transfer_init", "param_groups", "head_only", "wrap", "tensorboard",
+__all__ = ["write_run_files", "load_transfer_source", "transfer_init", "param_groups", "head_only", "wrap", "tensorboard",
            "log_scalars", "make_lr_lambda"]
 
 
@@ -38,15 +38,22 @@ def write_run_files(out_dir: Path, config: TrainConfig, precision: Precision, di
         save_whitening(zca, out_dir / ZCA_FILE)
 
 
-def transfer_init(model: nn.Module, config: TrainConfig, out_dir: Path, main: bool,
-                   say: Callable[..., None]) -> None:
-    """Load ``config.init`` into ``model`` by the ``transfer`` patterns; report every tensor."""
-    try:
-        from ltpa.transfer import load_source_state, transfer_weights
-    except ImportError as err:
-        raise ValueError("init=... needs the ltpa.transfer package, which this installation "
-                         "lacks; remove init to train from scratch") from err
-    state = load_source_state(config.init, model_hint=model)
+def load_transfer_source(config: TrainConfig, model: nn.Module):
+    """The weights of ``config.init`` (read before the run folder is touched, so a bad path or
+    file is rejected without writing anything), or None without ``init``."""
+    if not config.init:
+        return None
+    from ltpa.transfer import load_source_state
+
+    return load_source_state(config.init, model_hint=model)
+
+
+def transfer_init(model: nn.Module, state, config: TrainConfig, out_dir: Path, main: bool,
+                  say: Callable[..., None]) -> None:
+    """Load ``state`` (from :func:`load_transfer_source`) into ``model`` by the ``transfer``
+    patterns; report every tensor."""
+    from ltpa.transfer import transfer_weights
+
     report = transfer_weights(model, state, list(config.transfer) or ["all-but-head"])
     if main:
         atomic_write_json(out_dir / "transfer_report.json", report.to_dict())
