@@ -258,3 +258,12 @@ def test_missing_init_is_rejected_before_anything_is_written(tmp_path, capsys):
     assert main(["-q", "train", "--out", str(out), *TINY, "--init", str(tmp_path / "nowhere")]) == 2
     assert "no transfer source" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_unwritable_output_is_one_line(run_dir, images, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["attend", str(run_dir / "checkpoints" / "best.json"), str(images),
+                 "--out", str(blocker / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err

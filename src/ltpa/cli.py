@@ -228,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _describe(err: Exception) -> str:
+    """One message for the user; OS errors name the path and what the system said."""
+    if isinstance(err, OSError) and err.filename:
+        return f"{err.strerror or err}: {err.filename}"
+    return str(err)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2 (set LTPA_DEBUG=1 for the traceback)."""
     args = build_parser().parse_args(argv)
@@ -237,10 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, TrainingDiverged) as err:
+    except (ValueError, TypeError, OSError, TrainingDiverged) as err:
         if os.environ.get("LTPA_DEBUG"):
             raise
-        print(f"ltpa {args.command}: error: {err}", file=sys.stderr)
+        print(f"ltpa {args.command}: error: {_describe(err)}", file=sys.stderr)
         return 1 if isinstance(err, TrainingDiverged) else 2
     except KeyboardInterrupt:
         print("ltpa: interrupted; the last complete checkpoint is kept (resume with --resume)", file=sys.stderr)

@@ -72,12 +72,19 @@ def test_tolerance_rescues_a_peak_just_outside():
     assert pointing_game(corner, box=box, tolerance=math.sqrt(8)).tolist() == [True]
 
 
-def test_pointing_game_with_masks_and_first_argmax_ties():
-    mask = torch.zeros(8, 8, dtype=torch.bool)
-    mask[0, 0] = True
-    flat = torch.ones(2, 8, 8)  # every pixel ties: the first (row-major) maximum is (0, 0)
-    assert pointing_game(flat, mask=mask).tolist() == [True, True]
-    assert pointing_game(flat, mask=~mask).tolist() == [False, False]
+def test_pointing_game_resolves_ties_towards_their_centroid():
+    corner = torch.zeros(8, 8, dtype=torch.bool)
+    corner[0, 0] = True
+    flat = torch.ones(2, 8, 8)  # every pixel ties: the peak is at the centre, not at (0, 0)
+    assert pointing_game(flat, mask=corner).tolist() == [False, False]
+    centre = torch.zeros(8, 8, dtype=torch.bool)
+    centre[3:5, 3:5] = True
+    assert pointing_game(flat, mask=centre).tolist() == [True, True]
+    plateau = torch.zeros(1, 8, 8)
+    plateau[0, 4:7, 2:5] = 1.0  # a 3x3 upsampled cell: its centre, not its top-left pixel, is the peak
+    cell_centre = torch.zeros(8, 8, dtype=torch.bool)
+    cell_centre[5, 3] = True
+    assert pointing_game(plateau, mask=cell_centre).tolist() == [True]
 
 
 def test_pointing_game_leaves_inputs_unchanged():

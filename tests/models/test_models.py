@@ -277,3 +277,14 @@ def test_fast_dropout_keeps_with_probability_1_minus_p_and_rescales():
     torch.testing.assert_close(x.grad, kept.float() / 0.6)  # gradient flows through the kept units only
     drop.eval()
     assert drop(x) is x
+
+
+def test_fp16_dot_product_scores_do_not_overflow():
+    from ltpa.models.blocks import AttentionLevel
+
+    level = AttentionLevel(512, compat="dp", normalisation="softmax")
+    local = torch.full((1, 512, 2, 2), 20.0, dtype=torch.float16)  # <l, g> = 512 * 400 > 65504
+    g = torch.full((1, 512), 20.0, dtype=torch.float16)
+    _, weights, scores = level(local, g)
+    assert torch.isfinite(scores).all() and torch.isfinite(weights).all()
+    torch.testing.assert_close(weights.sum(), torch.tensor(1.0))

@@ -130,8 +130,9 @@ def pointing_game(
 ) -> Tensor:
     """Pointing game (Zhang et al., Excitation Backprop, 2016): is the map's peak on the object?
 
-    The peak is the first maximum in row-major order (``argmax`` of the flattened map), so a
-    constant map points at pixel ``(0, 0)``. A hit is scored when some pixel of the region lies
+    The peak is the maximum; where several pixels tie (a feature-resolution cell upsampled to
+    a plateau, or a constant map), it is the tied pixel nearest to the centroid of the ties, so
+    ties do not drift to the top-left (a constant map points at the image centre). A hit is scored when some pixel of the region lies
     within Euclidean distance ``tolerance`` (measured between pixel centres) of the peak, i.e.
     the region dilated by a disc of radius ``tolerance``. The original protocol uses 15 px on
     ImageNet-sized (~224 px) inputs; scale it with the image, e.g. ~2 px at 32x32.
@@ -157,8 +158,7 @@ def pointing_game(
     maps = _as_heat(heat)
     region = _region(maps, box, mask)
     batch, height, width = maps.shape
-    peak = maps.reshape(batch, -1).argmax(1)
-    rows, columns = peak // width, peak % width
+    rows, columns = _peak(maps)
     if tolerance == 0:
         return region[torch.arange(batch, device=maps.device), rows, columns]
     ys = torch.arange(height, device=maps.device)
@@ -167,6 +167,20 @@ def pointing_game(
         xs[None, None, :] - columns[:, None, None]
     ) ** 2  # (B, H, W), integer squared pixel-centre distances
     return (region & (distance2 <= tolerance**2)).flatten(1).any(1)
+
+
+def _peak(maps: Tensor) -> tuple[Tensor, Tensor]:
+    """Row and column of each map's peak; ties resolved towards the centroid of the tied pixels."""
+    batch, height, width = maps.shape
+    flat = maps.reshape(batch, -1)
+    ties = flat == flat.max(dim=1, keepdim=True).values  # (B, H*W)
+    ys = torch.arange(height, device=maps.device, dtype=torch.float64).repeat_interleave(width)
+    xs = torch.arange(width, device=maps.device, dtype=torch.float64).repeat(height)
+    count = ties.sum(1, keepdim=True)
+    cy, cx = (ties * ys).sum(1, keepdim=True) / count, (ties * xs).sum(1, keepdim=True) / count
+    distance = torch.where(ties, (ys - cy) ** 2 + (xs - cx) ** 2, torch.full_like(cy, math.inf))
+    peak = distance.argmin(1)
+    return peak // width, peak % width
 
 
 def energy_pointing_game(

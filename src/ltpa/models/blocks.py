@@ -136,12 +136,12 @@ class AttentionLevel(nn.Module):
         """
         if self.proj is not None:
             local = self.proj(local)
-        if self.compat is not None:
-            # <u, l_i + g> = <u, l_i> + <u, g>: same scores without materialising l + g (B, C, h, w).
-            u = self.compat.weight.flatten()  # (C,)
-            scores = self.compat(local) + (g @ u.to(g.dtype))[:, None, None, None]  # (B, 1, h, w)
+        if local.dtype == torch.float16:
+            # fp16 tops out at 65504: raw dot products over hundreds of channels can overflow.
+            with torch.autocast(local.device.type, enabled=False):
+                scores = self._scores(local.float(), g.float())
         else:
-            scores = torch.einsum("bchw,bc->bhw", local, g.to(local.dtype)).unsqueeze(1)  # (B, 1, h, w)
+            scores = self._scores(local, g)
         flat_scores = scores.float().flatten(1)  # (B, h*w); fp32 keeps softmax exact under autocast
         flat_local = local.flatten(2)  # (B, C, h*w)
         if self.normalisation == "softmax":
@@ -152,6 +152,15 @@ class AttentionLevel(nn.Module):
             g_a = torch.bmm(flat_local, weights.to(flat_local.dtype).unsqueeze(2)).squeeze(2)
             g_a = g_a / flat_local.shape[2]
         return g_a, weights.view_as(scores), scores
+
+    def _scores(self, local: Tensor, g: Tensor) -> Tensor:
+        if self.compat is not None:
+            # <u, l_i + g> = <u, l_i> + <u, g>: same scores without materialising l + g (B, C, h, w).
+            u = self.compat.weight.flatten().to(g.dtype)  # (C,)
+            bias = self.compat.bias
+            out = F.conv2d(local, self.compat.weight.to(local.dtype), None if bias is None else bias.to(local.dtype))
+            return out + (g @ u)[:, None, None, None]  # (B, 1, h, w)
+        return torch.einsum("bchw,bc->bhw", local, g.to(local.dtype)).unsqueeze(1)  # (B, 1, h, w)
 
 
 class ClassifierHead(nn.Module):
