@@ -171,3 +171,25 @@ def test_materialise_in_memory_bbox_crop_keeps_keypoints_on_their_pixels():
     assert same[0] is not images  # 64x96 is not square: resized like any other split
     square = Split(torch.tensor([0]), images=torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
     assert materialise(square, 8, workers=0)[0] is square.images
+
+
+def test_materialise_ignores_a_corrupt_cache_and_decodes_again(tmp_path, caplog):
+    import numpy as np
+    from PIL import Image
+
+    from ltpa.data.materialise import materialise
+    from ltpa.data.sources import Split
+
+    files = []
+    for i in range(3):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(np.full((20, 30, 3), 40 * i, dtype=np.uint8)).save(path)
+        files.append(path)
+    split = Split(targets=torch.arange(3), files=files)
+    cache = tmp_path / "cache"
+    first, _, _ = materialise(split, size=16, workers=0, cache_dir=cache)
+    for cached in cache.glob("*.safetensors"):
+        cached.write_bytes(cached.read_bytes()[:50])  # truncated
+    again, _, _ = materialise(split, size=16, workers=0, cache_dir=cache)
+    assert torch.equal(first, again)
+    assert "decoding again" in caplog.text

@@ -88,6 +88,24 @@ def _cache_key(split: Split, size: int, mode: str, margin: float) -> str:
     return digest.hexdigest()[:32]
 
 
+def _read_cache(path: Path, shape: tuple[int, ...]) -> dict | None:
+    """The cached tensors, or None (with a warning; the split is decoded again) if the file is
+    unreadable or does not hold ``shape`` images."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        stored = load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        logger.warning("materialise: ignoring unreadable cache %s (%s); decoding again", path, err)
+        return None
+    if "images" not in stored or tuple(stored["images"].shape) != shape:
+        found = tuple(stored["images"].shape) if "images" in stored else None
+        logger.warning("materialise: cache %s holds images %s, expected %s; decoding again", path, found, shape)
+        return None
+    return stored
+
+
 def materialise(split: Split, size: int = 80, mode: str = "resize_crop", *, bbox_margin: float = 0.1,
                 workers: int = 2, cache_dir: str | Path | None = None,
                 batch_size: int = 32) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -129,11 +147,10 @@ def materialise(split: Split, size: int = 80, mode: str = "resize_crop", *, bbox
     if cache_dir is not None and split.files is not None:
         cache_path = Path(cache_dir) / f"materialise-{_cache_key(split, size, mode, bbox_margin)}.safetensors"
         if cache_path.exists():
-            from safetensors.torch import load_file
-
-            stored = load_file(cache_path)
-            logger.info("materialise: loaded %d images from cache %s", len(split), cache_path)
-            return stored["images"], stored.get("boxes"), stored.get("parts")
+            stored = _read_cache(cache_path, (len(split), 3, size, size))
+            if stored is not None:
+                logger.info("materialise: loaded %d images from cache %s", len(split), cache_path)
+                return stored["images"], stored.get("boxes"), stored.get("parts")
 
     loader = DataLoader(_Decode(split, size, mode, bbox_margin), batch_size=batch_size, shuffle=False,
                         num_workers=workers, persistent_workers=False)
