@@ -161,3 +161,14 @@ def test_reset_classifier_keeps_everything_else():
         after = model.state_dict()
         assert after["head.classifier.weight"].shape[0] == 7
         assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("head.classifier"))
+
+
+@pytest.mark.parametrize("stride_in", ["conv1", "conv2"])
+def test_stride_placement_keeps_the_geometry(stride_in):
+    model = ltpa.create_model("rn_att2", num_classes=3, depth=20, stride_in=stride_in)
+    block = model.trunk.stage2[0]
+    strides = (block.conv1.stride, block.conv2.stride)
+    assert strides == (((2, 2), (1, 1)) if stride_in == "conv1" else ((1, 1), (2, 2)))
+    out = model(torch.randn(2, 3, 32, 32))
+    assert [tuple(m.shape[2:]) for m in out.maps] == [(16, 16), (8, 8)]
+    assert [lv.offset for lv in out.levels] == [0.5, 0.5]

@@ -58,18 +58,25 @@ def blocks_per_stage(depth: int) -> int:
 
 
 class PreActBottleneck(nn.Module):
-    """BN -> ReLU -> conv1x1 -> BN -> ReLU -> conv3x3 (stride) -> BN -> ReLU -> conv1x1, plus shortcut.
+    """BN -> ReLU -> conv1x1 -> BN -> ReLU -> conv3x3 -> BN -> ReLU -> conv1x1, plus shortcut.
 
-    When the width or resolution changes, the shortcut is a strided 1x1 conv applied to the
-    pre-activated input (shared with the residual path); otherwise it is the identity.
+    ``stride_in`` says which conv downsamples: ``"conv1"`` (the first 1x1, as in He et al.'s
+    pre-activation Lua code that the official RN-att builds on) or ``"conv2"`` (the 3x3, as in
+    torchvision-style ResNets). Both centre output j on input pixel 2j, so the geometry is the
+    same. When the width or resolution changes, the shortcut is a strided 1x1 conv applied to
+    the pre-activated input (shared with the residual path); otherwise it is the identity.
     """
 
-    def __init__(self, in_channels: int, inner: int, out_channels: int, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, inner: int, out_channels: int, stride: int = 1,
+                 stride_in: str = "conv1") -> None:
         super().__init__()
+        if stride_in not in ("conv1", "conv2"):
+            raise ValueError(f"stride_in must be 'conv1' or 'conv2', got {stride_in!r}")
+        first, second = (stride, 1) if stride_in == "conv1" else (1, stride)
         self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, inner, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, inner, 1, stride=first, bias=False)
         self.bn2 = nn.BatchNorm2d(inner)
-        self.conv2 = nn.Conv2d(inner, inner, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(inner, inner, 3, stride=second, padding=1, bias=False)
         self.bn3 = nn.BatchNorm2d(inner)
         self.conv3 = nn.Conv2d(inner, out_channels, 1, bias=False)
         self.shortcut = None
@@ -92,9 +99,11 @@ class PreActResNetTrunk(nn.Module):
         depth: ``9n + 2`` (164 is the paper's ResNet-164).
         width: channel multiplier (1.0 = widths 16-64-128-256).
         in_channels: image channels.
+        stride_in: which bottleneck conv downsamples (see :class:`PreActBottleneck`).
     """
 
-    def __init__(self, *, depth: int = 164, width: float = 1.0, in_channels: int = 3) -> None:
+    def __init__(self, *, depth: int = 164, width: float = 1.0, in_channels: int = 3,
+                 stride_in: str = "conv1") -> None:
         super().__init__()
         n = blocks_per_stage(depth)
         stem = scale_width(16, width)
@@ -107,7 +116,7 @@ class PreActResNetTrunk(nn.Module):
             out = inner * EXPANSION
             step = 1 if stage == 1 else 2
             stride *= step
-            blocks = [PreActBottleneck(channels, inner, out, step)]
+            blocks = [PreActBottleneck(channels, inner, out, step, stride_in)]
             blocks += [PreActBottleneck(out, inner, out) for _ in range(n - 1)]
             self.add_module(f"stage{stage}", nn.Sequential(*blocks))
             self.channels[f"stage{stage}"] = channels = out
@@ -164,6 +173,7 @@ class RNAttention(LevelAttentionMixin, nn.Module):
             ``min_input_size`` runs).
         grad_average: average gradients where branches join, as the official Lua code's
             hand-written backward does (see :func:`~ltpa.models.blocks.scale_grad`).
+        stride_in: which bottleneck conv downsamples: ``"conv1"`` (official) or ``"conv2"``.
         in_channels: image channels.
     """
 
@@ -182,6 +192,7 @@ class RNAttention(LevelAttentionMixin, nn.Module):
         dropout: bool = True,
         input_size: int | Sequence[int] = 32,
         grad_average: bool = False,
+        stride_in: str = "conv1",
         in_channels: int = 3,
     ) -> None:
         super().__init__()
@@ -201,9 +212,9 @@ class RNAttention(LevelAttentionMixin, nn.Module):
         self.options = dict(levels=levels, depth=depth, width=width, compat=compat, head=head,
                             indep_reduce=indep_reduce, normalisation=normalisation,
                             channel_match=channel_match, dropout=dropout, input_size=self.input_size,
-                            grad_average=grad_average, in_channels=in_channels)
+                            grad_average=grad_average, stride_in=stride_in, in_channels=in_channels)
 
-        self.trunk = PreActResNetTrunk(depth=depth, width=width, in_channels=in_channels)
+        self.trunk = PreActResNetTrunk(depth=depth, width=width, in_channels=in_channels, stride_in=stride_in)
         g_dim = scale_width(256, width)
         self.add_module("global", _GlobalBranch(self.trunk.out_channels, scale_width(256, width), g_dim,
                                                 dropout=dropout))
@@ -242,7 +253,7 @@ class PreActResNet(nn.Module):
 
     Args:
         num_classes: classes K.
-        depth, width, input_size, in_channels: as for :class:`RNAttention`.
+        depth, width, input_size, stride_in, in_channels: as for :class:`RNAttention`.
     """
 
     def __init__(
@@ -252,6 +263,7 @@ class PreActResNet(nn.Module):
         depth: int = 164,
         width: float = 1.0,
         input_size: int | Sequence[int] = 32,
+        stride_in: str = "conv1",
         in_channels: int = 3,
     ) -> None:
         super().__init__()
@@ -260,8 +272,9 @@ class PreActResNet(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.input_size = as_size(input_size)
-        self.options = dict(depth=depth, width=width, input_size=self.input_size, in_channels=in_channels)
-        self.trunk = PreActResNetTrunk(depth=depth, width=width, in_channels=in_channels)
+        self.options = dict(depth=depth, width=width, input_size=self.input_size, stride_in=stride_in,
+                            in_channels=in_channels)
+        self.trunk = PreActResNetTrunk(depth=depth, width=width, in_channels=in_channels, stride_in=stride_in)
         self.add_module("global", nn.Module())
         self._modules["global"].bn = nn.BatchNorm2d(self.trunk.out_channels)
         self.head = nn.Module()
