@@ -288,3 +288,23 @@ def test_fp16_dot_product_scores_do_not_overflow():
     _, weights, scores = level(local, g)
     assert torch.isfinite(scores).all() and torch.isfinite(weights).all()
     torch.testing.assert_close(weights.sum(), torch.tensor(1.0))
+
+
+def test_grad_average_halves_the_gradient_at_each_attended_feature_map():
+    torch.manual_seed(0)
+    plain = ltpa.create_model("vgg_att3", num_classes=4, **TINY).eval()
+    averaged = ltpa.create_model("vgg_att3", num_classes=4, grad_average=True, **TINY).eval()
+    averaged.load_state_dict(plain.state_dict())
+    images = _images(32)
+    grads = []
+    for model in (plain, averaged):
+        features = model.forward_features(images)
+        features["global"] = features["global"].detach()  # keep only the attention path into l
+        for level in model.levels:
+            features[level.name].retain_grad()  # retains_grad runs after the model's own hooks
+        model.forward_head(features).logits.sum().backward()
+        grads.append([features[level.name].grad for level in model.levels])
+    # conv13's only other consumer is g's branch (detached here), so its gradient is exactly the
+    # attention path's: halved. Shallower levels also get the halved gradients of deeper levels.
+    torch.testing.assert_close(grads[1][-1], grads[0][-1] * 0.5)
+    assert not torch.allclose(grads[1][0], grads[0][0])
