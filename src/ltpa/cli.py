@@ -238,8 +238,11 @@ def _describe(err: Exception) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2 (set LTPA_DEBUG=1 for the traceback)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    console = logging.StreamHandler(sys.stderr)
+    # On the handler, not the logger: the trainer raises the "ltpa" logger to INFO for train.log.
+    console.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[console])
     from .train.loop import TrainingDiverged
 
     try:

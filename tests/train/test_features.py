@@ -169,3 +169,36 @@ def test_new_config_fields_are_validated():
     with pytest.raises(ValueError, match="resize_mode"):
         _config(resize_mode="stretch").validate()
     assert dataclasses.replace(_config(), lr_multipliers={"trunk": 0.1}).validate()
+
+
+def test_gradient_accumulation_gives_the_same_step_without_batchnorm_effects(tmp_path):
+    """Two micro-batches of a model without BN-in-train effects give the single-batch gradient."""
+    import torch
+    from torch import nn
+
+    from ltpa.train.loop import _accumulate
+    from ltpa.train.precision import resolve_precision
+
+    class Linear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(12, 3)
+
+        def forward(self, x):
+            from ltpa.models.output import AttentionOutput
+
+            return AttentionOutput(self.fc(x.flatten(1)), (), None, (), x.flatten(1), "none")
+
+    torch.manual_seed(0)
+    model = Linear()
+    images, targets = torch.randn(6, 3, 2, 2), torch.randint(0, 3, (6,))
+    precision = resolve_precision("fp32", False, "cpu")
+    scaler = precision.grad_scaler()
+    grads = []
+    for micro in (1, 2, 3):
+        model.zero_grad()
+        _, loss = _accumulate(model, images, targets, precision, scaler, micro)
+        grads.append((model.fc.weight.grad.clone(), float(loss)))
+    for grad, loss in grads[1:]:
+        torch.testing.assert_close(grad, grads[0][0])
+        assert abs(loss - grads[0][1]) < 1e-6

@@ -61,6 +61,7 @@ class TrainConfig:
     lr_gamma: float = 0.5
     warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr, per optimizer step
     grad_clip_norm: float = 0.0  # 0 = no clipping
+    accumulate_steps: int = 1  # split each batch into this many micro-batches (less memory, same step)
     # transfer (ltpa.transfer): start from another run's weights
     init: str | None = None  # checkpoint (or state dict) to initialise from
     transfer: tuple[str, ...] = ()  # patterns or a preset name; () = "all-but-head" with init
@@ -134,7 +135,7 @@ class TrainConfig:
                 f"Fix it with --set {key}=..."
             )
 
-        positive = ("image_size", "num_train", "num_test", "epochs", "batch_size",
+        positive = ("image_size", "num_train", "num_test", "epochs", "batch_size", "accumulate_steps",
                     "eval_batch_size", "log_every")
         for key in positive:
             if getattr(self, key) < 1:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
@@ -98,6 +98,29 @@ def _hints(config: TrainConfig | None) -> str:
     )
 
 
+def _accumulate(model: nn.Module, images: Tensor, targets: Tensor, precision: Precision,
+                scaler: torch.amp.GradScaler, micro_batches: int) -> tuple[Tensor, Tensor]:
+    """Forward and backward of one batch in ``micro_batches`` chunks, gradients summed as for
+    the whole batch (each chunk's mean loss weighted by its share). Under DDP the gradients are
+    all-reduced once, after the last chunk. BatchNorm sees each chunk as its own batch.
+
+    Returns the batch's logits (B, K) and mean loss, detached.
+    """
+    chunks = list(zip(images.chunk(micro_batches), targets.chunk(micro_batches)))
+    logits_parts, loss_total = [], torch.zeros((), device=images.device)
+    for index, (chunk_images, chunk_targets) in enumerate(chunks):
+        last = index == len(chunks) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with precision.autocast():
+                logits = model(chunk_images).logits  # (b, K)
+                loss = F.cross_entropy(logits.float(), chunk_targets) * (len(chunk_targets) / len(targets))
+            scaler.scale(loss).backward()
+        logits_parts.append(logits.detach())
+        loss_total = loss_total + loss.detach()
+    return torch.cat(logits_parts), loss_total
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: BatchLoader,
@@ -129,6 +152,7 @@ def train_one_epoch(
         TrainingDiverged: the loss became NaN or infinite.
     """
     dist = dist or _SINGLE
+    accumulate = config.accumulate_steps if config is not None else 1
     model.train()
     device = precision.device
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
@@ -138,11 +162,8 @@ def train_one_epoch(
     start = time.perf_counter()
     try:
         for i, (images, targets) in enumerate(loader):
-            with precision.autocast():
-                logits = model(images).logits  # (B, K)
-                loss = F.cross_entropy(logits.float(), targets)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            logits, loss = _accumulate(model, images, targets, precision, scaler, accumulate)
             if grad_clip_norm > 0:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
