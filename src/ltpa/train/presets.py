@@ -136,8 +136,7 @@ def cub_vgg_att2() -> TrainConfig:
     gammas = (2.0, 2.0) + (0.5,) * (len(milestones) - 2)
     return _paper(model="vgg_att2", data="cub:data/CUB_200_2011", num_classes=200,
                   image_size=80, epochs=320, lr_step_epochs=0, lr_milestones=milestones,
-                  lr_milestone_gammas=gammas, resize_mode="resize_crop", init="runs/c100_att2",
-                  transfer=("all-but-head",))
+                  lr_milestone_gammas=gammas, resize_mode="resize_crop", init="runs/c100_att2")
 
 
 @register_preset("CIFAR-100 (VGG-att2)-concat-pc: 23.17% error; the source model of cub-vgg-att2")
