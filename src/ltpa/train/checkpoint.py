@@ -31,6 +31,7 @@ from .precision import library_versions, rng_state, set_rng_state
 
 __all__ = [
     "CheckpointError",
+    "unwrap_model",
     "Checkpoint",
     "save_checkpoint",
     "load_checkpoint",
@@ -179,7 +180,7 @@ def _unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 # ----------------------------------------------------------------------------- save
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The module whose state dict we store: without torch.compile / DDP wrappers."""
     while True:
         if hasattr(model, "_orig_mod"):
@@ -227,7 +228,7 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, torch.Tensor] = {}
-    model_state = _unwrap(model).state_dict()
+    model_state = unwrap_model(model).state_dict()
     for key, value in model_state.items():
         tensors[f"model.{key}"] = value.detach().to("cpu", copy=True).contiguous()
     skeletons = {}
@@ -424,7 +425,7 @@ def load_model_state(
     """
     if isinstance(state, Checkpoint):
         state = state.model_state
-    target = _unwrap(model)
+    target = unwrap_model(model)
     own = target.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -7,7 +7,8 @@ from typing import Any, Iterable, Mapping
 
 from torch import nn
 
-from .select import PatternSet, _unwrap
+from ..train.checkpoint import unwrap_model
+from .select import PatternSet
 
 __all__ = ["param_groups"]
 
@@ -60,9 +61,9 @@ def param_groups(
     """
     if not (isinstance(base_lr, (int, float)) and math.isfinite(base_lr) and base_lr > 0):
         raise ValueError(f"base_lr must be a positive number, got {base_lr!r}")
-    named = list(_unwrap(model).named_parameters())
+    named = list(unwrap_model(model).named_parameters())
     names = [name for name, _ in named]
-    what = f"parameter of {type(_unwrap(model)).__name__}"
+    what = f"parameter of {type(unwrap_model(model)).__name__}"
 
     freeze = [] if freeze in ("", None) else freeze
     freeze = freeze if isinstance(freeze, str) else list(freeze)

@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..train.checkpoint import CheckpointError
+from ..train.checkpoint import CheckpointError, unwrap_model
 from .report import TransferEntry, TransferReport, group_of
 
 __all__ = ["TRANSFER_PRESETS", "PatternSet", "resolve_patterns", "transfer_weights"]
@@ -165,16 +165,6 @@ def unmatched_message(dead: Sequence[str], names: Sequence[str], *, what: str) -
     )
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        else:
-            return model
-
-
 def _selected(names: Sequence[str], patterns: PatternSet) -> dict[str, bool]:
     chosen = {name: patterns.matches(name) for name in names}
     for name in names:
@@ -227,7 +217,7 @@ def transfer_weights(
     """
     from .foreign import SourceState, source_from_mapping
 
-    target = _unwrap(model)
+    target = unwrap_model(model)
     levels = [info.name for info in getattr(target, "levels", ())]
     source = state if isinstance(state, SourceState) else source_from_mapping(state)
     source = source.remapped(levels)
