@@ -130,6 +130,9 @@ def test_demo_trains_scores_and_prints_a_summary(tmp_path):
     assert "pointing game" in result.summary and "(centre)" in result.summary
     for name in ("attention_overlays.png", "localisation.json", "summary.txt"):
         assert (tmp_path / "demo" / name).is_file()
+    again = run_demo(tmp_path / "demo", overwrite=True, progress=False, epochs=1, num_train=64, num_test=32,
+                     batch_size=16, model_options={"width": 0.0625, "dropout": False})  # `make demo` twice
+    assert again.summary.splitlines()[0] == result.summary.splitlines()[0]
 
 
 def test_data_describes_a_spec(capsys):
