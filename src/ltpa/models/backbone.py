@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ._registry import build, register_model
 from .blocks import LevelAttentionMixin
 from .output import AttentionOutput, LevelInfo
-from .vgg_att import _check_choice, as_size, check_images
+from .vgg_att import as_size, check_choices, check_images
 
 __all__ = ["TimmAttention", "load_weights_file", "trace_geometry"]
 
@@ -242,9 +242,8 @@ class TimmAttention(LevelAttentionMixin, nn.Module):
         backbone_options: dict | None = None,
     ) -> None:
         super().__init__()
-        for key, value in (("compat", compat), ("head", head), ("normalisation", normalisation),
-                           ("channel_match", channel_match), ("indep_reduce", indep_reduce)):
-            _check_choice(key, value)
+        check_choices(compat=compat, head=head, normalisation=normalisation, channel_match=channel_match,
+                      indep_reduce=indep_reduce)
         timm = _import_timm()
         if not timm.is_model(backbone):
             close = difflib.get_close_matches(backbone, timm.list_models(), n=3, cutoff=0.6)

@@ -28,8 +28,6 @@ __all__ = [
 # cifar.torch's vgg_bn_drop (and the official attention code built on it) uses eps 1e-3.
 BN_EPS = 1e-3
 
-COMPATIBILITIES = ("pc", "dp")
-NORMALISATIONS = ("softmax", "sigmoid")
 
 
 class Dropout(nn.Dropout):

@@ -38,7 +38,7 @@ from ._registry import build, register_model
 from .blocks import ConvBNReLU, LevelAttentionMixin, msr_init_
 from .output import AttentionOutput, LevelInfo
 from .trunk import scale_width
-from .vgg_att import _check_choice, as_size, check_images
+from .vgg_att import as_size, check_choices, check_images
 
 __all__ = ["PreActBottleneck", "PreActResNetTrunk", "RNAttention", "PreActResNet"]
 
@@ -196,9 +196,8 @@ class RNAttention(LevelAttentionMixin, nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        for key, value in (("compat", compat), ("head", head), ("normalisation", normalisation),
-                           ("channel_match", channel_match), ("indep_reduce", indep_reduce)):
-            _check_choice(key, value)
+        check_choices(compat=compat, head=head, normalisation=normalisation, channel_match=channel_match,
+                      indep_reduce=indep_reduce)
         levels = tuple(sorted(set(levels)))
         if not levels or any(level not in STAGES for level in levels):
             raise ValueError(f"levels must be a non-empty subset of stages {STAGES}, got {levels!r}")

@@ -15,7 +15,7 @@ from .blocks import ClassifierHead, LevelAttentionMixin
 from .output import AttentionOutput, LevelInfo
 from .trunk import VGGTrunk, attention_plan, scale_width
 
-__all__ = ["VGGAttention", "check_images", "as_size"]
+__all__ = ["VGGAttention", "check_images", "check_choices", "as_size"]
 
 ATTENDABLE = (7, 10, 13)
 _CHOICES = {
@@ -71,9 +71,11 @@ def check_images(images: Tensor, *, in_channels: int, min_size: int, model: str)
         )
 
 
-def _check_choice(key: str, value: str) -> None:
-    if value not in _CHOICES[key]:
-        raise ValueError(f"{key} must be one of {_CHOICES[key]}, got {value!r}")
+def check_choices(**values: str) -> None:
+    """Raise a ValueError naming the option, the value and the allowed values, for the first bad one."""
+    for key, value in values.items():
+        if value not in _CHOICES[key]:
+            raise ValueError(f"{key} must be one of {_CHOICES[key]}, got {value!r}")
 
 
 class VGGAttention(LevelAttentionMixin, nn.Module):
@@ -129,10 +131,8 @@ class VGGAttention(LevelAttentionMixin, nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        for key, value in (("compat", compat), ("head", head), ("normalisation", normalisation),
-                           ("placement", placement), ("channel_match", channel_match),
-                           ("indep_reduce", indep_reduce)):
-            _check_choice(key, value)
+        check_choices(compat=compat, head=head, normalisation=normalisation, placement=placement,
+                      channel_match=channel_match, indep_reduce=indep_reduce)
         levels = tuple(sorted(set(levels)))
         if attention and (not levels or any(level not in ATTENDABLE for level in levels)):
             raise ValueError(f"levels must be a non-empty subset of {ATTENDABLE}, got {levels!r}")
