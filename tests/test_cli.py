@@ -270,3 +270,31 @@ def test_an_unwritable_output_is_one_line(run_dir, images, tmp_path, capsys):
                  "--out", str(blocker / "sub")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_attend_a_data_set_with_truth_in_the_titles(run_dir, tmp_path):
+    out = tmp_path / "ds"
+    assert main(["attend", str(run_dir / "checkpoints" / "best.json"), "--data", "synthetic", "--limit", "3",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "predictions.json").read_text())
+    assert len(summary["images"]) == 3 and all("truth" in r for r in summary["images"])
+
+
+def test_localise_adds_cam_from_a_vgg_gap_checkpoint(run_dir, tmp_path, capsys):
+    gap_run = tmp_path / "gap"
+    assert main(["-q", "train", "--model", "vgg_gap", "--out", str(gap_run), *TINY]) == 0
+    out = tmp_path / "loc"
+    assert main(["localise", str(run_dir / "checkpoints" / "best.json"), "--limit", "8", "--out", str(out),
+                 "--faithfulness-images", "0", "--methods", "attention", "--gap-checkpoint",
+                 str(gap_run / "checkpoints" / "best.json")]) == 0
+    assert "cam" in capsys.readouterr().out
+
+
+def test_train_flags_map_to_config_fields(tmp_path):
+    from ltpa.cli import _config_from_args, build_parser
+
+    args = build_parser().parse_args(["train", "--out", str(tmp_path), "--model", "timm_att", "--weights",
+                                      "/w/resnet18.safetensors", "--compile", "--deterministic", "--seed", "3"])
+    config = _config_from_args(args)
+    assert config.model_options["weights"] == "/w/resnet18.safetensors"
+    assert config.compile and config.deterministic and config.seed == 3

@@ -33,7 +33,10 @@ def _config_from_args(args: argparse.Namespace):
 
     config = get_preset(args.preset) if args.preset else TrainConfig()
     shortcuts = {"model": args.model, "data": args.data, "epochs": args.epochs, "seed": args.seed,
-                 "init": args.init, "transfer": args.transfer, "freeze": args.freeze}
+                 "init": args.init, "transfer": args.transfer, "freeze": args.freeze,
+                 "compile": "true" if args.compile else None,
+                 "deterministic": "true" if args.deterministic else None,
+                 "model_options.weights": args.weights}
     config = apply_overrides(config, [f"{k}={v}" for k, v in shortcuts.items() if v is not None])
     return apply_overrides(config, args.set or [])
 
@@ -69,11 +72,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_attend(args: argparse.Namespace) -> int:
-    from .inference import attend_files, load_trained
+    from .inference import attend_files, attend_images, load_trained
 
     trained = load_trained(args.checkpoint)
-    summary = attend_files(trained, args.images, args.out, size=args.size, mode=args.mode,
-                           cmap=args.cmap, overwrite=args.overwrite)
+    if args.data:
+        if args.images:
+            raise ValueError("give image files/folders or --data SPEC, not both")
+        evaluation = _evaluation_set(args, trained)
+        names = [f"{args.data}:{args.split}[{i}]" for i in range(len(evaluation.images))]
+        summary = attend_images(trained, evaluation.images, names, args.out, targets=evaluation.targets,
+                                mode=args.mode, cmap=args.cmap, overwrite=args.overwrite)
+    elif args.images:
+        summary = attend_files(trained, args.images, args.out, size=args.size, mode=args.mode,
+                               cmap=args.cmap, overwrite=args.overwrite)
+    else:
+        raise ValueError("nothing to attend: give image files/folders, or --data SPEC for a data set")
     for record in summary["images"]:
         best = record["top5"][0]
         print(f"{record['image']}: {best['class']} ({best['probability']:.1%})")
@@ -102,8 +115,16 @@ def _cmd_localise(args: argparse.Namespace) -> int:
                          "use synthetic, cub:PATH or masks:PATH")
     out = prepare_out_dir(args.out, overwrite=args.overwrite, what="localisation report",
                           marker="localisation.json")
+    methods, gap_model = tuple(args.methods), None
+    if args.gap_checkpoint:
+        gap = load_trained(args.gap_checkpoint)
+        if (gap.config.image_size, gap.config.mean, gap.config.std) != (
+                trained.config.image_size, trained.config.mean, trained.config.std) or gap.config.zca:
+            raise ValueError("--gap-checkpoint must be trained on the same data and preprocessing "
+                             "(image size, mean/std, no ZCA) as the checkpoint")
+        gap_model, methods = gap.model, methods + ("cam",)
     result = localise_trained(trained, evaluation.images, **evaluation.ground_truth(),
-                              methods=tuple(args.methods), tolerance=args.tolerance,
+                              methods=methods, gap_model=gap_model, tolerance=args.tolerance,
                               faithfulness_images=args.faithfulness_images, steps=args.steps)
     paths = write_localisation_report(result, out)
     print(f"{evaluation.description}; checkpoint {trained.checkpoint}")
@@ -161,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transfer", help="comma-separated patterns or a preset of what --init loads "
                    "(trunk, trunk+global, trunk+global+attention, all-but-head; default all-but-head)")
     p.add_argument("--freeze", help="comma-separated patterns of parameters to freeze, e.g. trunk.conv1-7")
+    p.add_argument("--weights", help="timm_att: local ImageNet weights of the backbone (no download)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--deterministic", action="store_true",
+                   help="deterministic algorithms (with --seed: bit-identical reruns on CPU)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -182,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("attend", help="predict and draw per-level attention for images")
     p.add_argument("checkpoint", help="checkpoint .json/.safetensors (e.g. RUN/checkpoints/best.json)")
-    p.add_argument("images", nargs="+", help="image files and/or folders")
+    p.add_argument("images", nargs="*", help="image files and/or folders")
+    p.add_argument("--data", default=None, help="or a data set: synthetic, cub:PATH, cifar100:PATH, ...")
+    p.add_argument("--split", default="test", choices=("test", "train"))
+    p.add_argument("--limit", type=int, default=16, help="with --data: the first N images (default 16)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", type=int, default=None, help="short side to resize to (default: training size)")
     p.add_argument("--mode", default="mass", choices=("mass", "shared", "per-map"),
@@ -204,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=["attention", "gradcam", "gradcam++", "layercam", "centre", "random"],
                    help="attention gradcam gradcam++ layercam centre random")
     p.add_argument("--tolerance", type=float, default=0.0, help="pointing-game tolerance in pixels")
+    p.add_argument("--gap-checkpoint", default=None,
+                   help="a VGG-GAP checkpoint on the same data: adds its CAM as a baseline")
     p.add_argument("--faithfulness-images", type=int, default=100,
                    help="images for the deletion/insertion curves (0 = skip)")
     p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")

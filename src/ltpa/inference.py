@@ -21,7 +21,7 @@ from .train.whitening import load_whitening
 
 PREDICTIONS_FILE = "predictions.json"
 
-__all__ = ["TrainedModel", "load_trained", "normalise", "class_names_for", "attend_files",
+__all__ = ["TrainedModel", "load_trained", "normalise", "class_names_for", "attend_files", "attend_images",
            "prepare_out_dir"]
 
 
@@ -154,30 +154,56 @@ def attend_files(
             without attention maps.
     """
     paths = find_images(inputs)  # every check on the inputs runs before anything is written
-    config = trained.config
-    images = load_images(paths, size or config.image_size)
+    images = load_images(paths, size or trained.config.image_size)
+    return attend_images(trained, images, [str(p) for p in paths], out, stems=_unique_stems(paths),
+                         mode=mode, cmap=cmap, overwrite=overwrite, batch_size=batch_size)
+
+
+def attend_images(
+    trained: TrainedModel,
+    images: Tensor,
+    names: Sequence[str],
+    out: str | Path,
+    *,
+    stems: Sequence[str] | None = None,
+    targets: Tensor | None = None,
+    mode: str = "mass",
+    cmap: str = "jet",
+    overwrite: bool = False,
+    batch_size: int = 64,
+) -> dict:
+    """:func:`attend_files` for uint8 images ``(N, 3, H, W)`` already in memory (e.g. a data set).
+
+    Args:
+        names: one name per image (recorded in ``predictions.json``).
+        stems: output file stems (default ``image_00000``...).
+        targets: optional true classes ``(N,)``, shown in the titles and recorded.
+    """
     maps = compute_maps(trained.model, trained.prepare(images), batch_size=batch_size)
     out = prepare_out_dir(out, overwrite=overwrite, what="attention maps", marker=PREDICTIONS_FILE)
     probabilities = maps.logits.float().softmax(dim=1)
-    stems = _unique_stems(paths)
+    stems = list(stems) if stems is not None else [f"image_{i:05d}" for i in range(len(images))]
     pixels = images.permute(0, 2, 3, 1).numpy()
     records = []
-    for index, (path, stem) in enumerate(zip(paths, stems)):
+    for index, (name, stem) in enumerate(zip(names, stems)):
         top = probabilities[index].topk(min(5, probabilities.shape[1]))
         label = trained.class_names[int(top.indices[0])]
+        title = f"pred: {label} ({float(top.values[0]):.0%})"
+        record = {"image": name, "stem": stem, "prediction": label}
+        if targets is not None:
+            record["truth"] = trained.class_names[int(targets[index])]
+            title += f"\ntrue: {record['truth']}"
         figure = attention_grid(
             pixels[index:index + 1], [m[index:index + 1] for m in maps.upsampled],
             level_names=[level.name for level in maps.levels], strides=[level.stride for level in maps.levels],
-            titles=[f"pred: {label} ({float(top.values[0]):.0%})"], mode=mode, cmap=cmap)
+            titles=[title], mode=mode, cmap=cmap)
         save_figure(figure, out / f"{stem}.png")
         for level, level_map in zip(maps.levels, maps.maps):
             np.save(out / f"{stem}.{level.name}.npy", level_map[index, 0].float().numpy())
-        records.append({
-            "image": str(path), "stem": stem, "prediction": label,
-            "top5": [{"class": trained.class_names[int(k)], "probability": float(p)}
-                     for p, k in zip(top.values, top.indices)],
-        })
-    summary = {"checkpoint": str(trained.checkpoint), "model": config.model,
+        record["top5"] = [{"class": trained.class_names[int(k)], "probability": float(p)}
+                          for p, k in zip(top.values, top.indices)]
+        records.append(record)
+    summary = {"checkpoint": str(trained.checkpoint), "model": trained.config.model,
                "normalisation": maps.normalisation, "display_mode": mode,
                "levels": [{"name": lv.name, "stride": lv.stride, "offset": lv.offset} for lv in maps.levels],
                "images": records}
