@@ -18,7 +18,7 @@ from .attention import compute_maps, save_figure
 from .attention.scoring import localisation_scores
 from .data.synthetic import SyntheticLocalisation
 from .inference import load_trained, overlay_grid_from_arrays
-from .train.checkpoint import atomic_write_bytes, atomic_write_json
+from ._files import atomic_write_bytes, atomic_write_json
 from .train.config import TrainConfig
 from .train.loop import RunResult, fit
 

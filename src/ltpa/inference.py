@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from .attention import attention_grid, compute_maps, save_figure
 from .data.images import find_images, load_images
 from .models import create_model
-from .train.checkpoint import atomic_write_json, load_checkpoint, load_model_state
+from ._files import atomic_write_json
+from .train.checkpoint import load_checkpoint, load_model_state
 from .train.config import TrainConfig
 from .train.run_dir import CLASSES_FILE, ZCA_FILE
 from .train.whitening import load_whitening

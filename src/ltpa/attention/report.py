@@ -250,7 +250,7 @@ def write_localisation_report(result: dict, out_dir: str | Path) -> dict[str, Pa
         ``{"json", "csv", "diagnostics", "parts", "faithfulness"}`` paths of the files written
         (the last three only when the result has them).
     """
-    from ltpa.train.checkpoint import atomic_write_bytes, atomic_write_json
+    from ltpa._files import atomic_write_bytes, atomic_write_json
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

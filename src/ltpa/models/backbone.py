@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from ._registry import build, register_model
 from .blocks import LevelAttentionMixin
-from .output import AttentionOutput, LevelInfo
+from .output import LevelInfo
 from .vgg_att import as_size, check_choices, check_images
 
 __all__ = ["TimmAttention", "load_weights_file", "trace_geometry"]

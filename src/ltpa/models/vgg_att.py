@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import build, register_model

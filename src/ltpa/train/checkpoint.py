@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from .._files import atomic_write_bytes, atomic_write_json, fsync_dir, write_temp
 from .precision import library_versions, rng_state, set_rng_state
 
 __all__ = [
@@ -52,69 +52,6 @@ _EPOCH_NAME = re.compile(r"^epoch_(\d+)$")
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, foreign, corrupt or does not fit the model."""
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
-
-    The bytes go to a temporary file in the same directory, are flushed and fsynced, and the
-    temporary file is renamed over ``path``. On any error the temporary file is removed and the
-    previous ``path`` is untouched.
-    """
-    path = Path(path)
-    tmp = _write_temp(path, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _write_temp(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a new hidden temporary file beside ``path``, flushed and fsynced.
-
-    On error the temporary file is removed and the error re-raised.
-    """
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    # os.open with mode 0o666 lets the umask decide permissions, as for any other new file
-    # (tempfile.mkstemp would force 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """:func:`atomic_write_bytes` for a JSON document (strict JSON: no NaN/Infinity)."""
-    text = json.dumps(obj, indent=2, allow_nan=False, sort_keys=False) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform (Windows), hence optional.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- flattening
@@ -261,8 +198,8 @@ def save_checkpoint(
     # move the new sidecar in last.
     staged = []
     try:
-        staged.append(_write_temp(weights_path, payload))
-        staged.append(_write_temp(json_path, sidecar_bytes))
+        staged.append(write_temp(weights_path, payload))
+        staged.append(write_temp(json_path, sidecar_bytes))
         if json_path.exists():
             os.unlink(json_path)
         os.replace(staged[0], weights_path)
@@ -271,7 +208,7 @@ def save_checkpoint(
         for tmp in staged:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return json_path
 
 

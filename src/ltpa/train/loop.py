@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .checkpoint import (atomic_write_bytes, atomic_write_json, latest_checkpoint, load_checkpoint,
+from .._files import atomic_write_bytes, atomic_write_json
+from .checkpoint import (latest_checkpoint, load_checkpoint,
                          load_model_state, prune_checkpoints, save_checkpoint)
 from .config import TrainConfig, resume_config
 from .data_setup import DROPOUT_STREAM, BatchLoader, build_data, channel_mean_std, derive_seed

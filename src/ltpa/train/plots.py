@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import atomic_write_bytes
+from .._files import atomic_write_bytes
 
 __all__ = ["plot_curves", "plot_confusion"]
 

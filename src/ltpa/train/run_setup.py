@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .checkpoint import atomic_write_bytes, atomic_write_json
+from .._files import atomic_write_bytes, atomic_write_json
 from .config import TrainConfig
 from .distributed import DistInfo
 from .precision import Precision, describe_environment

@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from ..data.transforms import ZCAWhitening
-from .checkpoint import atomic_write_bytes
+from .._files import atomic_write_bytes
 
 __all__ = ["fit_whitening", "save_whitening", "load_whitening"]
 

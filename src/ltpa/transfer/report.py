@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..train.checkpoint import atomic_write_json
+from .._files import atomic_write_json
 
 __all__ = ["STATUSES", "TransferEntry", "TransferReport", "group_of"]
 

@@ -1,0 +1,75 @@
+"""Atomic file writes: readers see the old file or the new one, never half of one.
+
+Used for every file ltpa writes that a crash must not corrupt: checkpoints, run records,
+reports and figures.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_write_bytes", "atomic_write_json", "write_temp", "fsync_dir"]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never half.
+
+    The bytes go to a temporary file in the same directory, are flushed and fsynced, and the
+    temporary file is renamed over ``path``. On any error the temporary file is removed and the
+    previous ``path`` is untouched.
+    """
+    path = Path(path)
+    tmp = write_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def write_temp(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a new hidden temporary file beside ``path``, flushed and fsynced.
+
+    On error the temporary file is removed and the error re-raised.
+    """
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    # os.open with mode 0o666 lets the umask decide permissions, as for any other new file
+    # (tempfile.mkstemp would force 0o600).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """:func:`atomic_write_bytes` for a JSON document (strict JSON: no NaN/Infinity)."""
+    text = json.dumps(obj, indent=2, allow_nan=False, sort_keys=False) + "\n"
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform (Windows), hence optional.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
