@@ -36,7 +36,7 @@ def demo_config(**overrides) -> TrainConfig:
     config = TrainConfig(
         model="vgg_att3", model_options={"width": 0.25, "dropout": False}, data="synthetic",
         image_size=32, num_classes=10, num_train=4000, num_test=1000, val_fraction=0.1, epochs=8,
-        batch_size=64, lr=0.05, lr_step_epochs=0, lr_milestones=(6,), lr_gamma=0.2,
+        batch_size=64, lr=0.05, lr_step_epochs=0, lr_milestones=(7,), lr_gamma=0.2,
         warmup_epochs=0.5, crop_padding=0, stuck_warmup_epochs=3,
     )
     return dataclasses.replace(config, **overrides)

@@ -308,3 +308,12 @@ def test_grad_average_halves_the_gradient_at_each_attended_feature_map():
     # attention path's: halved. Shallower levels also get the halved gradients of deeper levels.
     torch.testing.assert_close(grads[1][-1], grads[0][-1] * 0.5)
     assert not torch.allclose(grads[1][0], grads[0][0])
+
+
+def test_compat_vector_uses_the_official_msr_init_by_default():
+    torch.manual_seed(0)
+    official = ltpa.create_model("vgg_att3", num_classes=10)
+    small = ltpa.create_model("vgg_att3", num_classes=10, compat_init="default")
+    u = official.attention["1"].compat.weight
+    assert u.std().item() == pytest.approx(math.sqrt(2), rel=0.1)
+    assert small.attention["1"].compat.weight.std().item() < 0.1

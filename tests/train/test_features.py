@@ -41,13 +41,14 @@ def test_presets_encode_the_paper_recipes():
     assert (default.lr_step_epochs, default.lr_gamma, default.epochs, default.drop_last) == (25, 0.5, 300, True)
     official = get_preset("cifar100-vgg-att3-official")
     assert official.lr == 1.0 and official.zca and official.crop_padding == 0 and official.hflip
-    assert official.model_options == {"grad_average": True}
+    assert official.model_options == {"grad_average": True} and official.dampening == 0.9  # Torch7 SGD
     cub = get_preset("cub-vgg-att2")
     assert (cub.image_size, cub.num_classes, cub.epochs, cub.model) == (80, 200, 320, "vgg_att2")
     from ltpa.train.run_setup import make_lr_lambda
 
     factor = make_lr_lambda(cub, steps_per_epoch=1)
-    assert [factor(e) for e in (0, 29, 30, 60, 90, 120, 319)] == [1, 1, 2, 4, 2, 1, 4 * 0.5**8]
+    # 0-based step index e is epoch e + 1: x2 from epoch 30 and 60, then x0.5 every 30
+    assert [factor(e) for e in (0, 28, 29, 59, 89, 119, 319)] == [1, 1, 2, 4, 2, 1, 4 * 0.5**8]
 
 
 def test_unknown_preset_suggests_the_closest_names():

@@ -213,10 +213,11 @@ def test_resume_of_a_finished_run_only_retests(finished_run, tmp_path):
 
 
 def test_lr_schedule_steps_milestones_and_warmup():
+    # as cifar.torch: epochs 1-24 at the full lr, epoch 25 (steps 240-249) at half, epoch 50 a quarter
     step = make_lr_lambda(TrainConfig(lr_step_epochs=25, lr_gamma=0.5), steps_per_epoch=10)
-    assert [step(s) for s in (0, 249, 250, 500)] == [1.0, 1.0, 0.5, 0.25]
+    assert [step(s) for s in (0, 239, 240, 490)] == [1.0, 1.0, 0.5, 0.25]
     multi = make_lr_lambda(TrainConfig(lr_milestones=(2, 4), lr_milestone_gammas=(2.0, 0.5)), 10)
-    assert [multi(s) for s in (19, 20, 40)] == [1.0, 2.0, 1.0]
+    assert [multi(s) for s in (9, 10, 30)] == [1.0, 2.0, 1.0]
     warm = make_lr_lambda(TrainConfig(warmup_epochs=1, lr_step_epochs=0), 4)
     assert [warm(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
 

@@ -25,7 +25,8 @@ __all__ = [
     "LevelAttentionMixin",
 ]
 
-# cifar.torch's vgg_bn_drop (and the official attention code built on it) uses eps 1e-3.
+# cifar.torch's vgg_bn_drop (and the official attention code built on it) uses eps 1e-3 in the
+# conv trunk; the official g projections and heads keep Torch's default 1e-5.
 BN_EPS = 1e-3
 
 
@@ -90,7 +91,7 @@ class GlobalProjection(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, dropout: float = 0.5) -> None:
         super().__init__()
-        self.bn = nn.BatchNorm1d(in_features, eps=BN_EPS)
+        self.bn = nn.BatchNorm1d(in_features)  # Torch's default eps (1e-5), as the official code
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.fc = nn.Linear(in_features, out_features)
 
@@ -108,12 +109,16 @@ class AttentionLevel(nn.Module):
             aggregated by a spatial mean (the later PyTorch ports' variant).
         up_project_to: if set, ``l`` is first mapped to this width by a 1x1 conv (the paper
             text's channel matching) and ``g`` must have that width.
+        compat_init: ``"msr"`` (official: u ~ N(0, sqrt 2)) or ``"default"`` (PyTorch's init).
     """
 
     def __init__(
-        self, channels: int, *, compat: str, normalisation: str, up_project_to: int | None = None
+        self, channels: int, *, compat: str, normalisation: str, up_project_to: int | None = None,
+        compat_init: str = "msr",
     ) -> None:
         super().__init__()
+        if compat_init not in ("msr", "default"):
+            raise ValueError(f"compat_init must be 'msr' or 'default', got {compat_init!r}")
         self.normalisation = normalisation
         self.proj = None
         if up_project_to is not None:
@@ -124,6 +129,12 @@ class AttentionLevel(nn.Module):
         self.compat = (
             nn.Conv2d(channels, 1, 1, bias=normalisation == "sigmoid") if compat == "pc" else None
         )
+        if self.compat is not None and compat_init == "msr":
+            # The official code applies MSRinit to u as to every conv: N(0, sqrt(2 / (1*1*1))),
+            # which makes the initial attention nearly one-hot; "default" keeps PyTorch's small init.
+            nn.init.normal_(self.compat.weight, 0.0, math.sqrt(2.0))
+            if self.compat.bias is not None:
+                nn.init.zeros_(self.compat.bias)
 
     def forward(self, local: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Attend ``local`` (B, C_in, h, w) with ``g`` (B, C).
@@ -181,7 +192,7 @@ class ClassifierHead(nn.Module):
         super().__init__()
         self.mode = mode
         self.indep_reduce = indep_reduce
-        self.norms = nn.ModuleList(nn.BatchNorm1d(d, eps=BN_EPS) for d in in_features)
+        self.norms = nn.ModuleList(nn.BatchNorm1d(d) for d in in_features)  # default eps, as official
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         if mode == "concat":
             self.classifier = nn.Linear(sum(in_features), num_classes)
@@ -221,13 +232,13 @@ class LevelAttentionMixin:
 
     def _build_attention(
         self, g_dim: int, num_classes: int, *, compat: str, normalisation: str, channel_match: str,
-        head: str, indep_reduce: str, g_dropout: float, head_dropout: float,
+        head: str, indep_reduce: str, g_dropout: float, head_dropout: float, compat_init: str = "msr",
     ) -> None:
         self.attention = nn.ModuleDict()
         self._g_keys: list[str | None] = []
         for index, level in enumerate(self.levels):
             up = g_dim if channel_match == "project_l" and level.channels != g_dim else None
-            self.attention[str(index)] = AttentionLevel(level.channels, compat=compat,
+            self.attention[str(index)] = AttentionLevel(level.channels, compat=compat, compat_init=compat_init,
                                                         normalisation=normalisation, up_project_to=up)
             key = None
             if level.channels != g_dim and channel_match == "project_g":

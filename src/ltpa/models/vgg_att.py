@@ -106,6 +106,8 @@ class VGGAttention(LevelAttentionMixin, nn.Module):
         grad_average: reproduce the official code's hand-written backward, which averages
             gradients where branches join (needed for its lr 1.0 recipe).
         checkpointing: activation checkpointing of the trunk (less memory, ~1 extra forward).
+        compat_init: init of the ``pc`` vector u: ``"msr"`` (official code, N(0, sqrt 2): nearly
+            one-hot attention at the start) or ``"default"`` (PyTorch's small init: near-uniform).
         in_channels: image channels.
     """
 
@@ -127,6 +129,7 @@ class VGGAttention(LevelAttentionMixin, nn.Module):
         first_pool: int | None = None,
         grad_average: bool = False,
         checkpointing: bool = False,
+        compat_init: str = "msr",
         in_channels: int = 3,
     ) -> None:
         super().__init__()
@@ -151,7 +154,7 @@ class VGGAttention(LevelAttentionMixin, nn.Module):
                             placement=placement, channel_match=channel_match, dropout=dropout,
                             width=width, input_size=self.input_size, first_pool=first_pool,
                             grad_average=grad_average, checkpointing=checkpointing,
-                            in_channels=in_channels)
+                            compat_init=compat_init, in_channels=in_channels)
 
         self.trunk = VGGTrunk(attention_plan(first_pool), in_channels=in_channels, width=width,
                               dropout=dropout, checkpointing=checkpointing)
@@ -171,7 +174,7 @@ class VGGAttention(LevelAttentionMixin, nn.Module):
         if attention:
             self._build_attention(g_dim, num_classes, compat=compat, normalisation=normalisation,
                                   channel_match=channel_match, head=head, indep_reduce=indep_reduce,
-                                  g_dropout=head_dropout, head_dropout=head_dropout)
+                                  g_dropout=head_dropout, head_dropout=head_dropout, compat_init=compat_init)
         else:
             self.head = ClassifierHead([g_dim], num_classes, mode=head, indep_reduce=indep_reduce,
                                        dropout=head_dropout)

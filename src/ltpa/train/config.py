@@ -55,6 +55,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
+    dampening: float = 0.0  # Torch7's optim.sgd defaults it to the momentum (the official code)
     lr_step_epochs: int = 25  # multiply the lr by lr_gamma every this many epochs; 0 = never
     lr_milestones: tuple[int, ...] = ()  # if set: multiply at these epochs instead
     lr_milestone_gammas: tuple[float, ...] = ()  # optional per-milestone factors (else lr_gamma)
@@ -158,6 +159,8 @@ class TrainConfig:
             raise bad("val_fraction", "a fraction in [0, 1)")
         if self.nesterov and self.momentum == 0:
             raise bad("nesterov", "False when momentum is 0 (Nesterov needs momentum > 0)")
+        if not 0.0 <= self.dampening < 1.0 or (self.nesterov and self.dampening != 0):
+            raise bad("dampening", "a number in [0, 1), and 0 with nesterov")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"one of {PRECISIONS}")
         if self.channels_last not in ("auto", True, False):

@@ -338,7 +338,7 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
                                   batch_size=config.eval_batch_size, name="test", **common)
         has_val = len(data.val_targets) > 0
 
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, dampening=config.dampening,
                                     weight_decay=config.weight_decay, nesterov=config.nesterov)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, make_lr_lambda(config, len(train_loader)))

@@ -125,17 +125,20 @@ def log_scalars(writer, record: dict[str, Any]) -> None:
 def make_lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     """Factor on ``config.lr`` at optimizer step ``s`` (0-based), for ``LambdaLR``.
 
-    Step decay happens at epoch boundaries: ``lr_gamma ** (epoch // lr_step_epochs)``, or, when
-    ``lr_milestones`` is set, one factor per milestone reached (``lr_milestone_gammas`` or
-    ``lr_gamma``). Warm-up multiplies by ``(s + 1) / (warmup_epochs * steps_per_epoch)`` until
-    that reaches 1. A plain function, so the scheduler's state dict stays JSON-friendly.
+    Epochs are counted from 1 as in the official Lua code (``if epoch % epoch_step == 0`` at the
+    start of an epoch): the lr is ``lr_gamma ** (epoch // lr_step_epochs)`` during epoch ``epoch``,
+    so with a step of 25 epochs 1-24 run at the full lr and epoch 25 at half. Milestones likewise
+    name the (1-based) epoch that starts with the new lr, one factor per milestone reached
+    (``lr_milestone_gammas`` or ``lr_gamma``). Warm-up multiplies by
+    ``(s + 1) / (warmup_epochs * steps_per_epoch)`` until that reaches 1. A plain function, so the
+    scheduler's state dict stays JSON-friendly.
     """
     milestones = tuple(config.lr_milestones)
     gammas = tuple(config.lr_milestone_gammas) or (config.lr_gamma,) * len(milestones)
     warm_steps = config.warmup_epochs * steps_per_epoch
 
     def factor(step: int) -> float:
-        epoch = step // steps_per_epoch
+        epoch = step // steps_per_epoch + 1  # 1-based, as the official code counts
         if milestones:
             value = 1.0
             for milestone, gamma in zip(milestones, gammas):
