@@ -317,3 +317,14 @@ def test_compat_vector_uses_the_official_msr_init_by_default():
     u = official.attention["1"].compat.weight
     assert u.std().item() == pytest.approx(math.sqrt(2), rel=0.1)
     assert small.attention["1"].compat.weight.std().item() < 0.1
+
+
+def test_indep_log_softmax_and_logits_give_the_same_loss():
+    torch.manual_seed(0)
+    a = ltpa.create_model("vgg_att2", num_classes=5, head="indep", indep_reduce="logits", **TINY).eval()
+    b = ltpa.create_model("vgg_att2", num_classes=5, head="indep", indep_reduce="log_softmax", **TINY).eval()
+    b.load_state_dict(a.state_dict())
+    images, targets = _images(32), torch.tensor([1, 3])
+    loss_a = torch.nn.functional.cross_entropy(a(images).logits, targets)
+    loss_b = torch.nn.functional.cross_entropy(b(images).logits, targets)
+    torch.testing.assert_close(loss_a, loss_b)

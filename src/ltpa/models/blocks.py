@@ -176,8 +176,10 @@ class ClassifierHead(nn.Module):
     """Each input vector -> BN -> ReLU -> Dropout(0.5); then ``concat`` + one Linear, or ``indep``.
 
     ``indep`` has one Linear per input and combines them by summing the logits (the official
-    att3 code) or the log-softmax outputs (its att2 code). With a single input both modes are
-    the classic ``BN -> ReLU -> Dropout -> Linear`` classifier of cifar.torch's VGG.
+    code's ``pc`` ensembles) or the log-softmax outputs (its att2 ``dp`` ensemble). Under the
+    cross-entropy loss the two train identically: each log-softmax differs from its logits by a
+    per-image constant, which the loss's own log-softmax removes. With a single input both modes
+    are the classic ``BN -> ReLU -> Dropout -> Linear`` classifier of cifar.torch's VGG.
     """
 
     def __init__(

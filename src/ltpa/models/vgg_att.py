@@ -90,8 +90,8 @@ class VGGAttention(LevelAttentionMixin, nn.Module):
             the classifier on g (no attention parameters).
         compat: ``"pc"`` (parametrised, default) or ``"dp"`` (dot product, no parameters).
         head: ``"concat"`` (one classifier on the concatenated g_a) or ``"indep"`` (one per level).
-        indep_reduce: how ``indep`` combines levels: summed ``"logits"`` (official att3) or
-            summed ``"log_softmax"`` (official att2).
+        indep_reduce: how ``indep`` combines levels: summed ``"logits"`` (official pc models) or
+            summed ``"log_softmax"`` (official att2-dp); the same loss and predictions.
         normalisation: ``"softmax"`` (default) or ``"sigmoid"``.
         placement: attend the ReLU output ``"before"`` the max-pool that follows (default,
             official) or the pooled map ``"after"`` it (SaoYan's port option).
