@@ -80,3 +80,26 @@ def test_diagnose_runs_a_model_and_leaves_it_and_the_images_unchanged():
     assert torch.equal(images, before)
     with pytest.raises(ValueError, match="mean"):
         diagnose(model, images)
+
+
+def test_explain_says_when_a_level_renders_faint_on_the_shared_scale():
+    import torch
+
+    from ltpa.attention.diagnostics import explain, summarise_maps
+    from ltpa.attention.maps import AttentionMaps
+    from ltpa.models.output import LevelInfo
+
+    torch.manual_seed(0)
+    n = 8
+    sharp = torch.zeros(n, 1, 4, 4)
+    sharp[:, 0, 1, 2] = 1.0  # all mass on one cell
+    spread = torch.rand(n, 1, 8, 8) ** 4 + 0.01
+    spread[:, 0, 3, 3] = 8.0  # a clear peak holding a good part, not all, of the mass
+    spread = spread / spread.sum(dim=(2, 3), keepdim=True)
+    levels = (LevelInfo("fine", 8, 1.0, 0.5), LevelInfo("coarse", 8, 2.0, 1.0))
+    maps = AttentionMaps(maps=(spread, sharp), upsampled=(spread, sharp.repeat_interleave(2, 2).repeat_interleave(2, 3)),
+                         levels=levels, logits=torch.zeros(n, 2), predictions=torch.zeros(n, dtype=torch.long),
+                         normalisation="softmax")
+    text = explain(summarise_maps(maps))
+    fine = next(line for line in text.splitlines() if line.startswith("fine"))
+    assert "renders faint next to coarse" in fine and "renders as ~0" not in fine

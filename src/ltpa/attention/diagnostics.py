@@ -292,6 +292,12 @@ def explain(summary: dict) -> str:
                          f"peak holds {stats['max_mass_per_pixel']['mean']:.3g} vs "
                          f"{other['stats']['max_mass_per_pixel']['mean']:.3g} for {brightest}.")
             text += " Use --mode per-map (each map on its own scale) to see its shape."
+        elif name != brightest and peak < 0.5:
+            text += (f" On the 'mass' colour scale shared with {brightest} its brightest pixel reaches "
+                     f"{peak:.0%} of the scale on average, so it renders faint next to {brightest}: "
+                     f"{name} spreads its mass over ~{effective['median']:.0f} positions where {brightest} "
+                     f"uses ~{other['stats']['effective_positions']['median']:.0f}. Use --mode per-map to see "
+                     "its shape.")
         elif footprint / image_pixels < 0.01 and info["flagged"]["uniform"] < 50:
             text += (f" In the overlay it is not zero but tiny: its brightest pixel reaches {peak:.0%} of the "
                      f"shared 'mass' colour scale, yet half of the images have their mass on ~{footprint:.0f} "
