@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import build, register_model
-from .blocks import ClassifierHead
+from .blocks import ClassifierHead, LinearHeadMixin
 from .output import AttentionOutput, LevelInfo
 from .trunk import VGGTrunk, attention_plan, scale_width, vgg_bn_drop_plan
 from .vgg_att import as_size, check_images, default_first_pool
@@ -76,7 +76,7 @@ class VGG(nn.Module):
         self.num_classes = num_classes
 
 
-class VGGGAP(nn.Module):
+class VGGGAP(LinearHeadMixin, nn.Module):
     """VGG-GAP for Class Activation Mapping (Zhou et al. 2016) on the VGG-att trunk.
 
     conv1..conv13 of the attention trunk (so the map has VGG-att3's conv13 geometry, 8x8 at
@@ -131,14 +131,6 @@ class VGGGAP(nn.Module):
         logits = self.head.classifier(pooled)
         raw = self.cam(local, logits.argmax(dim=1))
         return AttentionOutput(logits, (rectify_and_normalise(raw),), (raw,), self.levels, pooled, "cam")
-
-    def forward(self, images: Tensor) -> AttentionOutput:
-        return self.forward_head(self.forward_features(images))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        old = self.head.classifier
-        self.head.classifier = nn.Linear(old.in_features, num_classes).to(old.weight.device)
-        self.num_classes = num_classes
 
 
 def rectify_and_normalise(raw: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ __all__ = [
     "scale_grad",
     "msr_init_",
     "LevelAttentionMixin",
+    "LinearHeadMixin",
 ]
 
 # cifar.torch's vgg_bn_drop (and the official attention code built on it) uses eps 1e-3 in the
@@ -278,4 +279,17 @@ class LevelAttentionMixin:
     def reset_classifier(self, num_classes: int) -> None:
         """Re-initialise the final classifier for ``num_classes``."""
         self.head.reset(num_classes)
+        self.num_classes = num_classes
+
+
+class LinearHeadMixin:
+    """``forward`` and ``reset_classifier`` for models whose classifier is one Linear ``head.classifier``."""
+
+    def forward(self, images: Tensor) -> AttentionOutput:
+        return self.forward_head(self.forward_features(images))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``head.classifier`` by a freshly initialised Linear with ``num_classes`` outputs."""
+        old = self.head.classifier
+        self.head.classifier = nn.Linear(old.in_features, num_classes).to(old.weight.device)
         self.num_classes = num_classes

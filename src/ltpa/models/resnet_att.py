@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._registry import build, register_model
-from .blocks import ConvBNReLU, LevelAttentionMixin, msr_init_
+from .blocks import ConvBNReLU, LevelAttentionMixin, LinearHeadMixin, msr_init_
 from .output import AttentionOutput, LevelInfo
 from .trunk import scale_width
 from .vgg_att import as_size, check_choices, check_images
@@ -243,7 +243,7 @@ class RNAttention(LevelAttentionMixin, nn.Module):
         return features
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(LinearHeadMixin, nn.Module):
     """The plain pre-activation ResNet baseline: trunk -> BN -> ReLU -> global average pool -> Linear.
 
     Same trunk (``trunk.*``) as :class:`RNAttention`, and its final BN is ``global.bn`` in both
@@ -291,14 +291,6 @@ class PreActResNet(nn.Module):
     def forward_head(self, features: dict[str, Tensor]) -> AttentionOutput:
         g = features["global"]
         return AttentionOutput(self.head.classifier(g), (), None, (), g, "none")
-
-    def forward(self, images: Tensor) -> AttentionOutput:
-        return self.forward_head(self.forward_features(images))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        old = self.head.classifier
-        self.head.classifier = nn.Linear(old.in_features, num_classes).to(old.weight.device)
-        self.num_classes = num_classes
 
 
 @register_model
