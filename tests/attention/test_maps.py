@@ -1,11 +1,14 @@
 """Exact placement of feature-resolution maps on the image, and side-effect-free collection."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import ltpa
 from ltpa.attention.maps import AttentionMaps, compute_maps, place_on_image
 from ltpa.models.output import AttentionOutput, LevelInfo
 
@@ -14,10 +17,37 @@ def _level(stride: float, offset: float | None = None) -> LevelInfo:
     return LevelInfo("conv", 8, stride, stride / 2 if offset is None else offset)
 
 
-def _reference_bilinear(
-    maps: torch.Tensor, level: LevelInfo, size: tuple[int, int]
-) -> torch.Tensor:
-    """Independent implementation with grid_sample: pixel centres in normalised map coordinates."""
+def _reference_axis(size_out: int, size_in: int, level: LevelInfo, mode: str) -> torch.Tensor:
+    """(size_out, size_in) float64 placement matrix, written from the documented rule with loops:
+    weights per pixel, each cell's column scaled to sum to 1, an unreached cell on the pixel under
+    its centre."""
+    weights = torch.zeros(size_out, size_in, dtype=torch.float64)
+    for x in range(size_out):
+        u = min(max((x + 0.5 - level.offset) / level.stride, 0.0), size_in - 1.0)
+        if mode == "nearest":
+            j = min(range(size_in), key=lambda k: (abs(level.offset + k * level.stride - (x + 0.5)), -k))
+            weights[x, j] = 1.0
+        else:
+            for j in range(size_in):
+                weights[x, j] = max(0.0, 1.0 - abs(u - j))
+    for j in range(size_in):
+        total = float(weights[:, j].sum())
+        if total > 0:
+            weights[:, j] /= total
+        else:
+            pixel = min(max(math.floor(level.offset + j * level.stride), 0), size_out - 1)
+            weights[pixel, j] = 1.0
+    return weights
+
+
+def _reference(maps: torch.Tensor, level: LevelInfo, size: tuple[int, int], mode: str) -> torch.Tensor:
+    rows = _reference_axis(size[0], maps.shape[-2], level, mode)
+    columns = _reference_axis(size[1], maps.shape[-1], level, mode)
+    return (rows @ maps.double() @ columns.T).to(maps.dtype)
+
+
+def _grid_sample_bilinear(maps: torch.Tensor, level: LevelInfo, size: tuple[int, int]) -> torch.Tensor:
+    """Classic edge-clamped bilinear *values* with grid_sample: pixel centres in map coordinates."""
     h, w = maps.shape[-2:]
     ys = (torch.arange(size[0], dtype=torch.float64) + 0.5 - level.offset) / level.stride
     xs = (torch.arange(size[1], dtype=torch.float64) + 0.5 - level.offset) / level.stride
@@ -28,89 +58,189 @@ def _reference_bilinear(
     return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def _reference_nearest(maps: torch.Tensor, level: LevelInfo, size: tuple[int, int]) -> torch.Tensor:
-    """Loop version: each pixel takes the cell whose centre is nearest to the pixel centre."""
-    h, w = maps.shape[-2:]
-    out = torch.empty(*maps.shape[:2], *size, dtype=maps.dtype)
-    for y in range(size[0]):
-        j = min(range(h), key=lambda k: (abs(level.offset + k * level.stride - (y + 0.5)), -k))
-        for x in range(size[1]):
-            i = min(range(w), key=lambda k: (abs(level.offset + k * level.stride - (x + 0.5)), -k))
-            out[..., y, x] = maps[..., j, i]
-    return out
-
-
 @pytest.mark.parametrize("stride", [2, 4, 5])
 @pytest.mark.parametrize("cell", [0, 2, 3])
-def test_one_hot_cell_peaks_on_its_own_pixels(stride, cell):
+def test_one_hot_cell_lands_on_its_own_pixels(stride, cell):
     size = 4 * stride
-    maps = torch.zeros(1, 1, 4, 4)
+    maps = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
     maps[0, 0, cell, cell] = 1.0
     level = _level(stride)
     nearest = place_on_image(maps, level, (size, size), mode="nearest")[0, 0]
-    expected = torch.zeros(size, size)
+    expected = torch.zeros(size, size, dtype=torch.float64)
     block = slice(cell * stride, (cell + 1) * stride)
-    expected[block, block] = 1.0
-    assert torch.equal(nearest, expected)
+    expected[block, block] = 1.0 / stride**2  # the cell's unit mass spread over its block
+    torch.testing.assert_close(nearest, expected, rtol=0, atol=1e-15)
 
     bilinear = place_on_image(maps, level, (size, size))[0, 0]
+    assert bilinear.sum().item() == pytest.approx(1.0, abs=1e-12)
     peak_rows, peak_cols = torch.nonzero(bilinear == bilinear.max(), as_tuple=True)
     assert peak_rows.min() >= cell * stride and peak_rows.max() < (cell + 1) * stride
     assert peak_cols.min() >= cell * stride and peak_cols.max() < (cell + 1) * stride
 
 
-def test_two_by_two_map_stride_16_reproduces_cell_values():
-    values = torch.tensor([[[[1.0, 2.0], [3.0, 5.0]]]])
-    placed = place_on_image(values, _level(16), (32, 32))[0, 0]
-    # Beyond the outermost centres (8 and 24) the edge value is repeated exactly.
+def test_two_by_two_map_stride_16_is_the_clamped_interpolation_over_stride_squared():
+    values = torch.tensor([[[[1.0, 2.0], [3.0, 5.0]]]], dtype=torch.float64)
+    placed = place_on_image(values, _level(16), (32, 32))[0, 0] * 256
+    # Offset = stride / 2 on n * stride pixels: every cell's footprint weighs 16 per axis, so
+    # the mass per pixel is the classic bilinear value / 16**2, edge value held past centres 8, 24.
     assert torch.all(placed[:8, :8] == 1.0) and torch.all(placed[:8, 24:] == 2.0)
     assert torch.all(placed[24:, :8] == 3.0) and torch.all(placed[24:, 24:] == 5.0)
     # Pixel 8 has centre 8.5, 1/32 of a cell past centre 8.
     assert placed[0, 8].item() == pytest.approx(1.0 * 31 / 32 + 2.0 / 32)
-    # Symmetric about the middle line x = 16 between the two centres.
     assert placed[0, 15].item() + placed[0, 16].item() == pytest.approx(1.0 + 2.0)
-    # With cell centres on pixel centres (offset 8.5), those pixels hold the values exactly.
-    shifted = place_on_image(values, _level(16, 8.5), (32, 32))[0, 0]
-    assert [shifted[8, 8].item(), shifted[8, 24].item(), shifted[24, 8].item(),
-            shifted[24, 24].item()] == [1.0, 2.0, 3.0, 5.0]
+    assert placed.sum().item() == pytest.approx(256 * values.sum().item())
     nearest = place_on_image(values, _level(16), (32, 32), mode="nearest")
-    assert torch.equal(nearest, values.repeat_interleave(16, -1).repeat_interleave(16, -2))
+    torch.testing.assert_close(nearest * 256, values.repeat_interleave(16, -1).repeat_interleave(16, -2))
+
+
+def test_cells_centred_on_pixel_corner_keep_their_mass_at_the_edges():
+    # Offset 0.5 (ResNets): cell 0 is centred on pixel 0, so half its bilinear footprint lies
+    # outside the image; the last cell (centre 28.5) also owns pixels 29-31 beyond its centre.
+    level = _level(4, 0.5)
+    first = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    last = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    first[0, 0, 0, 0] = last[0, 0, 7, 7] = 1.0
+    top_left = place_on_image(first, level, (32, 32))[0, 0]
+    bottom_right = place_on_image(last, level, (32, 32))[0, 0]
+    assert top_left.sum().item() == pytest.approx(1.0, abs=1e-12)
+    assert bottom_right.sum().item() == pytest.approx(1.0, abs=1e-12)
+    # Clipped footprint, renormalised: weights 1, .75, .5, .25 (sum 2.5) per axis on pixels 0-3.
+    row = torch.tensor([1.0, 0.75, 0.5, 0.25], dtype=torch.float64) / 2.5
+    torch.testing.assert_close(top_left[:4, :4], row[:, None] * row[None, :])
+    assert top_left[4:].abs().sum() == 0 and top_left[:, 4:].abs().sum() == 0
+    # Pixels 25-27 ramp up to the centre, 28-31 hold the edge weight 1 (sum 5.5 per axis).
+    row = torch.tensor([0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64) / 5.5
+    torch.testing.assert_close(bottom_right[25:, 25:], row[:, None] * row[None, :])
+    assert bottom_right[:25].abs().sum() == 0 and bottom_right[:, :25].abs().sum() == 0
 
 
 def test_fifteen_cells_stride_two_are_not_stretched_over_32_pixels():
-    maps = torch.rand(2, 1, 15, 15, generator=torch.Generator().manual_seed(0))
+    maps = torch.rand(2, 1, 15, 15, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     placed = place_on_image(maps, _level(2, 1.0), (32, 32), mode="nearest")
-    blocks = maps.repeat_interleave(2, -1).repeat_interleave(2, -2)  # (2, 1, 30, 30)
-    expected = F.pad(blocks, (0, 2, 0, 2), mode="replicate")  # last two pixels clamp to cell 14
-    assert torch.equal(placed, expected)
+    # Cells 0-13 own 2 pixels per axis; cell 14 also takes pixels 30-31 beyond its centre (4).
+    per_axis = torch.tensor([2.0] * 14 + [4.0], dtype=torch.float64)
+    blocks = maps / (per_axis[:, None] * per_axis[None, :])
+    blocks = blocks.repeat_interleave(2, -1).repeat_interleave(2, -2)
+    expected = F.pad(blocks, (0, 2, 0, 2), mode="replicate")
+    torch.testing.assert_close(placed, expected, rtol=0, atol=1e-15)
+    torch.testing.assert_close(placed.sum((2, 3)), maps.sum((2, 3)))
     stretched = F.interpolate(maps, size=(32, 32), mode="nearest")
-    assert not torch.equal(placed, stretched)
+    assert not torch.allclose(placed * placed.numel() / maps.numel(), stretched)
 
 
 @pytest.mark.parametrize(
     ("map_size", "image_size", "stride", "offset"),
     [((5, 7), (23, 41), 5.5, 2.25), ((3, 1), (10, 6), 3.0, 1.5), ((1, 1), (4, 9), 8.0, 4.0),
-     ((8, 6), (16, 12), 2.0, 1.0), ((6, 9), (5, 7), 0.75, 0.3)],
+     ((8, 6), (16, 12), 2.0, 1.0), ((6, 9), (5, 7), 0.75, 0.3), ((9, 12), (3, 2), 0.25, 0.1),
+     ((4, 4), (32, 32), 4.0, -20.0), ((3, 5), (31, 37), 8.0, 0.5)],
 )
-def test_bilinear_and_nearest_match_independent_references_on_non_square_inputs(
-    map_size, image_size, stride, offset
-):
-    maps = torch.randn(2, 1, *map_size, generator=torch.Generator().manual_seed(1))
+def test_bilinear_and_nearest_match_the_documented_rule_on_any_geometry(map_size, image_size, stride, offset):
+    maps = torch.randn(2, 1, *map_size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     level = _level(stride, offset)
-    bilinear = place_on_image(maps, level, image_size)
-    assert bilinear.shape == (2, 1, *image_size)
-    torch.testing.assert_close(bilinear, _reference_bilinear(maps, level, image_size),
-                               atol=1e-5, rtol=1e-5)
-    nearest = place_on_image(maps, level, image_size, mode="nearest")
-    assert torch.equal(nearest, _reference_nearest(maps, level, image_size))
+    for mode in ("bilinear", "nearest"):
+        placed = place_on_image(maps, level, image_size, mode=mode)
+        assert placed.shape == (2, 1, *image_size)
+        torch.testing.assert_close(placed, _reference(maps, level, image_size, mode), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(placed.sum((2, 3)), maps.sum((2, 3)), rtol=1e-12, atol=1e-12)
 
 
-def test_values_stay_within_the_map_range_and_dtype_is_kept():
+def test_bilinear_weights_are_grid_sample_interpolation_rescaled_per_cell():
+    level, size = _level(5.5, 2.25), (23, 41)
+    maps = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    # Each cell's footprint weight = the interpolated values of its one-hot map, summed.
+    eye = torch.eye(35, dtype=torch.float64).view(35, 1, 5, 7)
+    weight = _grid_sample_bilinear(eye, level, size).sum((1, 2, 3)).view(1, 1, 5, 7)
+    expected = _grid_sample_bilinear(maps / weight, level, size)
+    torch.testing.assert_close(place_on_image(maps, level, size), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_mass_is_kept_and_dtype_is_kept():
     maps = torch.rand(3, 1, 4, 5, generator=torch.Generator().manual_seed(2))
-    placed = place_on_image(maps, _level(4), (19, 21))
-    assert placed.dtype == torch.float32
-    assert placed.min() >= maps.min() and placed.max() <= maps.max()
+    placed = place_on_image(maps, _level(4, 0.5), (19, 21))
+    assert placed.dtype == torch.float32 and placed.min() >= 0
+    torch.testing.assert_close(placed.sum((2, 3)), maps.sum((2, 3)), rtol=1e-5, atol=1e-6)
     assert place_on_image(maps.double(), _level(4), (19, 21)).dtype == torch.float64
+
+
+# Models that take a width multiplier are built tiny; timm architectures come in fixed sizes.
+_TINY = dict(width=0.0625)
+_TINY_FOR = {"timm_att": dict(backbone="test_resnet")}
+_MODEL_CACHE: dict[str, nn.Module] = {}
+
+
+def _model_levels(name: str, size: int) -> list[tuple[LevelInfo, tuple[int, int]]]:
+    """(level, map size) of every attended level of ``name`` on a ``size`` x ``size`` image."""
+    if name not in _MODEL_CACHE:
+        _MODEL_CACHE[name] = ltpa.create_model(name, num_classes=3, **_TINY_FOR.get(name, _TINY)).eval()
+    with torch.no_grad():
+        out = _MODEL_CACHE[name](torch.zeros(1, 3, size, size))
+    return [(level, tuple(m.shape[-2:])) for level, m in zip(out.levels, out.maps)]
+
+
+def _footprint(index: int, count: int, level: LevelInfo, size: int) -> torch.Tensor:
+    """Bool (size,): pixels whose centre is less than a stride from the cell's centre, plus
+    for the outermost cells every pixel beyond their centre up to the image edge."""
+    centres = torch.arange(size, dtype=torch.float64) + 0.5
+    centre = level.offset + index * level.stride
+    inside = (centres - centre).abs() < level.stride
+    if index == 0:
+        inside |= centres < centre
+    if index == count - 1:
+        inside |= centres > centre
+    return inside
+
+
+@pytest.mark.parametrize("size", [32, 33, 80])
+@pytest.mark.parametrize("name", ltpa.list_models())
+def test_every_model_level_keeps_each_cells_mass_on_its_footprint(name, size):
+    levels = _model_levels(name, size)
+    if not levels:
+        assert name in ("vgg", "vgg_noatt", "preact_resnet"), f"{name} reports no attended level"
+        return
+    for level, (h, w) in levels:
+        cells = {(0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1), (h // 2, w // 2)}
+        for i, j in sorted(cells):
+            one_hot = torch.zeros(1, 1, h, w, dtype=torch.float64)
+            one_hot[0, 0, i, j] = 1.0
+            placed = place_on_image(one_hot, level, (size, size))[0, 0]
+            where = f"{name} {level} cell ({i}, {j}) of {h}x{w} on {size} px"
+            assert placed.sum().item() == pytest.approx(1.0, abs=1e-12), where
+            assert placed.min() >= 0, where
+            allowed = _footprint(i, h, level, size)[:, None] & _footprint(j, w, level, size)[None, :]
+            assert not placed[~allowed].any(), where
+            centre_y, centre_x = level.offset + i * level.stride, level.offset + j * level.stride
+            inside = all(0 <= c - level.stride and c + level.stride <= size for c in (centre_y, centre_x))
+            if 0 < i < h - 1 and 0 < j < w - 1 and inside:
+                # A footprint wholly inside the image is centred on the cell's receptive field.
+                pixels = torch.arange(size, dtype=torch.float64) + 0.5
+                assert (placed.sum(1) * pixels).sum().item() == pytest.approx(centre_y, abs=1e-9), where
+                assert (placed.sum(0) * pixels).sum().item() == pytest.approx(centre_x, abs=1e-9), where
+        shares = {(0, 0): 0.2, (h // 2, w // 2): 0.3, (h - 1, w - 1): 0.5}
+        regions = {(i, j): _footprint(i, h, level, size)[:, None] & _footprint(j, w, level, size)[None, :]
+                   for i, j in shares}
+        if len(shares) == 3 and sum(regions.values()).max() == 1:  # three disjoint footprints
+            # Corners and centre keep their own shares: no cell is favoured over another.
+            three = torch.zeros(1, 1, h, w, dtype=torch.float64)
+            for (i, j), share in shares.items():
+                three[0, 0, i, j] = share
+            placed = place_on_image(three, level, (size, size))[0, 0]
+            for cell, share in shares.items():
+                assert placed[regions[cell]].sum().item() == pytest.approx(share, abs=1e-12), \
+                    f"{name} {level} cell {cell} on {size} px"
+        maps = torch.rand(4, 1, h, w, generator=torch.Generator().manual_seed(size), dtype=torch.float64)
+        maps = maps.flatten(1).softmax(1).view_as(maps)
+        for mode in ("bilinear", "nearest"):
+            placed = place_on_image(maps, level, (size, size), mode=mode)
+            torch.testing.assert_close(placed.sum((2, 3)), torch.ones(4, 1, dtype=torch.float64),
+                                       rtol=0, atol=1e-12)
+
+
+def test_compute_maps_of_a_resnet_level_sums_to_one_per_image():
+    torch.manual_seed(0)
+    model = ltpa.create_model("rn_att2", num_classes=3, **_TINY)
+    result = compute_maps(model, torch.randn(3, 3, 32, 32))
+    for upsampled in result.upsampled:
+        torch.testing.assert_close(upsampled.sum((2, 3)), torch.ones(3, 1), rtol=0, atol=1e-5)
 
 
 def test_place_on_image_leaves_input_unchanged():

@@ -3,6 +3,11 @@
 Geometry (the convention of :class:`ltpa.models.output.LevelInfo`): pixel ``i`` spans
 ``[i, i + 1)`` with centre ``i + 0.5``; map position ``j`` is centred at
 ``offset + j * stride`` input pixels, along x (columns) and y (rows) alike.
+
+Placement moves *mass*, not values: each cell's value is spread over the pixels of its
+footprint (see :func:`place_on_image`) with weights that sum to 1, so a placed map sums to what
+the cell map sums to (1 for softmax maps) and every level, whatever its stride or offset,
+puts the same total weight on each of its cells.
 """
 from __future__ import annotations
 
@@ -29,9 +34,9 @@ class AttentionMaps:
         maps: one ``(N, 1, h_l, w_l)`` float map per level at feature resolution, exactly as
             the model returned them (see ``normalisation``).
         upsampled: the same maps placed on the input pixel grid with :func:`place_on_image`
-            (bilinear), one ``(N, 1, H, W)`` float map per level. Values are the map's own values
-            interpolated between cell centres, not rescaled: a softmax map's pixels hold the mass of
-            the cell they fall in, so they no longer sum to 1.
+            (bilinear), one ``(N, 1, H, W)`` float map per level. Each map's mass is kept: it
+            sums to what the cell map sums to (1 for softmax maps), and a pixel holds mass per
+            pixel, about ``cell value / stride**2`` inside the map.
         levels: geometry of each level, in ``maps`` order.
         logits: ``(N, num_classes)``.
         predictions: ``(N,)`` int64, ``logits.argmax(1)``.
@@ -50,7 +55,7 @@ def _axis_coordinates(size_out: int, size_in: int, stride: float, offset: float)
     """Continuous map index (float64) of each output pixel centre, clamped to the map's extent.
 
     Position ``u`` means "``u`` cells from the centre of cell 0"; clamping to ``[0, size_in - 1]``
-    repeats the edge value beyond the outermost cell centres.
+    hands the pixels beyond the outermost cell centres to the outermost cells.
     """
     centres = torch.arange(size_out, dtype=torch.float64) + 0.5
     return ((centres - offset) / stride).clamp_(0.0, float(size_in - 1))
@@ -63,7 +68,7 @@ def _axis_weights(
 
     Returns:
         ``(lo, hi, t)``: int64 ``(size_out,)`` cell indices and float64 ``(size_out,)`` weights in
-        [0, 1]; the pixel's value is ``(1 - t) * map[lo] + t * map[hi]``.
+        [0, 1]; the pixel's interpolation weights are ``1 - t`` on cell ``lo`` and ``t`` on ``hi``.
     """
     u = _axis_coordinates(size_out, size_in, stride, offset)
     if mode == "nearest":
@@ -74,6 +79,54 @@ def _axis_weights(
     lo = torch.floor(u).long().clamp_(0, size_in - 1)
     hi = (lo + 1).clamp_(max=size_in - 1)
     return lo, hi, u - lo.to(torch.float64)
+
+
+@dataclass(frozen=True)
+class _AxisPlacement:
+    """How one axis of a map is placed on the pixels (see :func:`place_on_image`).
+
+    Pixel ``x`` receives ``(1 - t[x]) * scale[lo[x]] * m[lo[x]] + t[x] * scale[hi[x]] * m[hi[x]]``;
+    ``scale[j]`` is 1 over cell ``j``'s total interpolation weight on the image, so each cell's
+    weights sum to 1. ``orphans`` are the cells that reach no pixel centre (total weight 0, scale
+    0); each puts its whole mass on ``orphan_pixels``, the pixel under its centre.
+    """
+
+    lo: Tensor  # (size_out,) int64
+    hi: Tensor  # (size_out,) int64
+    t: Tensor  # (size_out,) float64 in [0, 1]
+    scale: Tensor  # (size_in,) float64 > 0, 0 for orphans
+    orphans: Tensor  # (k,) int64
+    orphan_pixels: Tensor  # (k,) int64
+
+
+def _axis_placement(
+    size_out: int, size_in: int, stride: float, offset: float, mode: str
+) -> _AxisPlacement:
+    lo, hi, t = _axis_weights(size_out, size_in, stride, offset, mode)
+    total = torch.zeros(size_in, dtype=torch.float64)
+    total.index_add_(0, lo, 1 - t)
+    total.index_add_(0, hi, t)
+    reached = total > 0
+    scale = torch.where(reached, 1.0 / torch.where(reached, total, 1.0), 0.0)
+    orphans = torch.nonzero(~reached).flatten()
+    centres = offset + orphans.to(torch.float64) * stride
+    orphan_pixels = torch.floor(centres).clamp_(0, size_out - 1).long()
+    return _AxisPlacement(lo, hi, t, scale, orphans, orphan_pixels)
+
+
+def _place_axis(values: Tensor, dim: int, axis: _AxisPlacement, mode: str) -> Tensor:
+    """Apply ``axis`` along dimension ``dim`` (-2 rows, -1 columns) of ``values``."""
+    device, dtype = values.device, values.dtype
+    view = [-1, 1] if dim == -2 else [-1]
+    scaled = values * axis.scale.to(device=device, dtype=dtype).view(view)
+    placed = scaled.index_select(dim, axis.lo.to(device))
+    if mode == "bilinear":
+        t = axis.t.to(device=device, dtype=dtype).view(view)
+        placed = placed * (1 - t) + scaled.index_select(dim, axis.hi.to(device)) * t
+    if axis.orphans.numel():
+        orphans = values.index_select(dim, axis.orphans.to(device))
+        placed.index_add_(dim, axis.orphan_pixels.to(device), orphans)
+    return placed
 
 
 def _check_image_size(image_size: object) -> tuple[int, int]:
@@ -112,27 +165,52 @@ def _check_level(level: object) -> tuple[float, float]:
 def place_on_image(
     maps: Tensor, level: LevelInfo, image_size: Sequence[int], mode: str = "bilinear"
 ) -> Tensor:
-    """Resample feature-resolution maps onto the input pixel grid using the level's geometry.
+    """Place feature-resolution maps on the input pixel grid with the level's geometry, keeping
+    each cell's mass.
 
-    The value at pixel ``(y, x)`` is the map evaluated at the pixel centre ``(x + 0.5, y + 0.5)``,
-    where map position ``j`` sits at ``offset + j * stride``. This is not a stretch of the map
-    over the image: a 15x15 map with stride 2 and offset 1 on a 32x32 image covers pixel centres
-    1..29 and is clamped (edge value repeated) beyond its outermost cell centres.
+    Cell ``j`` is centred at ``c_j = offset + j * stride`` (x and y alike); pixel ``x`` has centre
+    ``x + 0.5``, i.e. map coordinate ``u_x = (x + 0.5 - offset) / stride``, clamped to
+    ``[0, n - 1]`` so that the pixels beyond the outermost centres belong to the outermost cells.
+    This is not a stretch of the map over the image: a 15x15 map with stride 2 and offset 1 on a
+    32x32 image has its centres on pixel centres 1..29 (the last cells also take pixels 30-31).
+
+    Each cell spreads its value (its *mass*) over its **footprint** with weights summing to 1,
+    separably along y and x:
+
+    * ``"bilinear"``: the pixels whose clamped coordinate lies within one cell of it,
+      ``|u_x - j| < 1``, i.e. pixel centres less than one stride from ``c_j`` plus, for the
+      outermost cells, every pixel beyond their centre up to the image edge. Weights are the
+      bilinear ones, ``1 - |u_x - j|``, divided by their sum over the image. Inside the map a
+      pixel thus holds ``(interpolated cell value) / stride**2``.
+    * ``"nearest"``: the pixels whose nearest centre is ``c_j`` (a pixel centre exactly half-way
+      goes to the higher-index cell), all with the same weight.
+
+    Edges: a footprint that extends past the image edge is clipped to the image and its weights
+    renormalised, so the cell keeps its whole mass on fewer pixels, which then hold more mass
+    each (ResNet-style levels with ``offset = 0.5``: cell 0 is centred on pixel 0 and keeps
+    only the inner half of its footprint). Nothing leaks outside the image and nothing is lost:
+    ``placed.sum((-2, -1)) == maps.sum((-2, -1))`` up to rounding. A cell that reaches no pixel
+    centre at all (``stride < 1``, or a cell more than a stride outside the image) puts its whole
+    mass on the pixel under its centre, clamped into the image.
+
+    Non-integer strides and offsets (timm backbones, sizes that are not a multiple of the
+    stride) need no rounding: the weights come from the continuous coordinates above. With
+    ``offset == stride / 2`` and an image of ``n * stride`` pixels (VGG levels at 32x32) every
+    cell has the same footprint weight, ``stride`` per axis, so the result is the classic
+    edge-clamped bilinear upsampling divided by ``stride**2``.
 
     Args:
-        maps: ``(B, C, h, w)`` floating tensor, usually ``(B, 1, h, w)`` attention; any values.
-            Not modified.
+        maps: ``(B, C, h, w)`` floating tensor, usually ``(B, 1, h, w)`` attention; any values
+            (mass is moved linearly, so signed maps work too). Not modified.
         level: the :class:`LevelInfo` of these maps (``stride > 0`` in input pixels, ``offset``
             the continuous coordinate of cell 0's centre).
         image_size: ``(H, W)`` of the input image in pixels.
-        mode: ``"bilinear"`` interpolates separably between the two nearest cell centres along x
-            and y; ``"nearest"`` gives each pixel the value of the cell whose centre is nearest
-            (a pixel centre exactly half-way goes to the higher-index cell).
+        mode: ``"bilinear"`` (smooth) or ``"nearest"`` (blocks), see above.
 
     Returns:
-        ``(B, C, H, W)`` new tensor of the same dtype and device as ``maps``. Each value is a
-        convex combination of map values, so it stays within the map's min and max (a softmax
-        map's pixels no longer sum to 1).
+        ``(B, C, H, W)`` new tensor of the same dtype and device as ``maps``: mass per pixel.
+        Each ``(b, c)`` map sums to the same total as ``maps[b, c]``; a softmax map still sums
+        to 1.
 
     Raises:
         TypeError: ``maps`` is not a floating tensor, or ``level`` has no stride/offset.
@@ -154,21 +232,10 @@ def place_on_image(
     height, width = _check_image_size(image_size)
     stride, offset = _check_level(level)
     h, w = maps.shape[-2:]
-
-    y_lo, y_hi, ty = _axis_weights(height, h, stride, offset, mode)
-    x_lo, x_hi, tx = _axis_weights(width, w, stride, offset, mode)
-    device, dtype = maps.device, maps.dtype
-    ty = ty.to(device=device, dtype=dtype)[:, None]  # (H, 1)
-    tx = tx.to(device=device, dtype=dtype)  # (W,)
-
-    # Separable interpolation: rows first (B, C, H, w), then columns (B, C, H, W).
-    rows = maps.index_select(-2, y_lo.to(device))
-    if mode == "bilinear":
-        rows = rows * (1 - ty) + maps.index_select(-2, y_hi.to(device)) * ty
-    placed = rows.index_select(-1, x_lo.to(device))
-    if mode == "bilinear":
-        placed = placed * (1 - tx) + rows.index_select(-1, x_hi.to(device)) * tx
-    return placed
+    rows = _axis_placement(height, h, stride, offset, mode)
+    columns = _axis_placement(width, w, stride, offset, mode)
+    # Separable: rows first (B, C, H, w), then columns (B, C, H, W).
+    return _place_axis(_place_axis(maps, -2, rows, mode), -1, columns, mode)
 
 
 def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
