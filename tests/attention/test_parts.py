@@ -49,3 +49,18 @@ def test_mass_within_radius_is_the_share_of_the_map():
     with pytest.raises(ValueError):
         part_assignments(heat, parts, radius=-1)
     assert not math.isnan(out["mass"].item())
+
+
+def test_peak_of_an_upsampled_cell_is_its_middle_not_its_top_left_pixel():
+    from ltpa.attention import place_on_image
+    from ltpa.models.output import LevelInfo
+
+    coarse = torch.full((1, 1, 4, 4), 0.01)
+    coarse[0, 0, 2, 3] = 0.9  # the cell centred at (x, y) = (14, 10) with stride 4, offset 2
+    heat = place_on_image(coarse, LevelInfo("conv13", 8, 4.0, 2.0), (16, 16), mode="nearest")
+    # The cell is a 4x4 plateau (rows 8-11, columns 12-15). Its tie centroid snaps to pixel
+    # (9, 13), centre (13.5, 9.5), 0.71 px from the cell centre; the first argmax (8, 12) would
+    # be 2.12 px away.
+    parts = torch.tensor([[[14.0, 10.0], [12.5, 8.5]]])
+    assert part_assignments(heat, parts[:, :1], radius=1.0)["peak"].tolist() == [0]
+    assert part_assignments(heat, parts, radius=1.0)["peak"].tolist() == [0]

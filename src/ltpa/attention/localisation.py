@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ltpa.attention.maps import _check_image_size
+from ltpa.attention.peaks import peak_pixels
 
 __all__ = [
     "box_to_mask",
@@ -131,11 +132,13 @@ def pointing_game(
     """Pointing game (Zhang et al., Excitation Backprop, 2016): is the map's peak on the object?
 
     The peak is the maximum; where several pixels tie (a feature-resolution cell upsampled to
-    a plateau, or a constant map), it is the tied pixel nearest to the centroid of the ties, so
-    ties do not drift to the top-left (a constant map points at the image centre). A hit is scored when some pixel of the region lies
-    within Euclidean distance ``tolerance`` (measured between pixel centres) of the peak, i.e.
-    the region dilated by a disc of radius ``tolerance``. The original protocol uses 15 px on
-    ImageNet-sized (~224 px) inputs; scale it with the image, e.g. ~2 px at 32x32.
+    a plateau, or a constant map), it is the tied pixel nearest to the centroid of the ties
+    (:func:`~ltpa.attention.peaks.peak_pixels`, the rule the part table uses too), so ties do
+    not drift to the top-left (a constant map points at the image centre). A hit is scored
+    when some pixel of the region lies within Euclidean distance ``tolerance`` (measured
+    between pixel centres) of the peak, i.e. the region dilated by a disc of radius
+    ``tolerance``. The original protocol uses 15 px on ImageNet-sized (~224 px) inputs; scale
+    it with the image, e.g. ~2 px at 32x32.
 
     Args:
         heat: ``(B, H, W)`` or ``(B, 1, H, W)`` finite maps at image resolution.
@@ -158,7 +161,7 @@ def pointing_game(
     maps = _as_heat(heat)
     region = _region(maps, box, mask)
     batch, height, width = maps.shape
-    rows, columns = _peak(maps)
+    rows, columns = peak_pixels(maps)
     if tolerance == 0:
         return region[torch.arange(batch, device=maps.device), rows, columns]
     ys = torch.arange(height, device=maps.device)
@@ -167,20 +170,6 @@ def pointing_game(
         xs[None, None, :] - columns[:, None, None]
     ) ** 2  # (B, H, W), integer squared pixel-centre distances
     return (region & (distance2 <= tolerance**2)).flatten(1).any(1)
-
-
-def _peak(maps: Tensor) -> tuple[Tensor, Tensor]:
-    """Row and column of each map's peak; ties resolved towards the centroid of the tied pixels."""
-    batch, height, width = maps.shape
-    flat = maps.reshape(batch, -1)
-    ties = flat == flat.max(dim=1, keepdim=True).values  # (B, H*W)
-    ys = torch.arange(height, device=maps.device, dtype=torch.float64).repeat_interleave(width)
-    xs = torch.arange(width, device=maps.device, dtype=torch.float64).repeat(height)
-    count = ties.sum(1, keepdim=True)
-    cy, cx = (ties * ys).sum(1, keepdim=True) / count, (ties * xs).sum(1, keepdim=True) / count
-    distance = torch.where(ties, (ys - cy) ** 2 + (xs - cx) ** 2, torch.full_like(cy, math.inf))
-    peak = distance.argmin(1)
-    return peak // width, peak % width
 
 
 def energy_pointing_game(
@@ -255,8 +244,9 @@ def centre_prior(
 
     The centre is ``(W / 2, H / 2)`` in continuous coordinates and the standard deviation is
     ``sigma_fraction * min(H, W)`` pixels; values are taken at pixel centres and scaled to sum
-    to 1 per map. For even sizes the four central pixels tie, and the pointing game's first
-    argmax picks the top-left one, ``(H / 2 - 1, W / 2 - 1)``.
+    to 1 per map. For even sizes the four central pixels tie; their centroid is the corner they
+    share, so the pointing game's tie rule (:mod:`ltpa.attention.peaks`) picks the first of
+    them in row-major order, ``(H / 2 - 1, W / 2 - 1)``.
 
     Args:
         image_size: ``(H, W)`` in pixels.

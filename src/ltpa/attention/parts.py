@@ -4,9 +4,10 @@ Keypoints are ``(x, y)`` in continuous input coordinates (pixel ``i`` spans ``[i
 e.g. ``SyntheticLocalisation.parts`` (head, tail) or CUB's 15 parts, with a visibility flag.
 Two assignments per image and level, on maps at image resolution:
 
-* ``peak``: the map's peak pixel (first argmax, as in the pointing game) goes to the nearest
-  *visible* keypoint, measured from the pixel centre, if that keypoint lies within ``radius``
-  px; otherwise to ``"none"``.
+* ``peak``: the map's peak pixel goes to the nearest *visible* keypoint, measured from the
+  pixel centre, if that keypoint lies within ``radius`` px; otherwise to ``"none"``. The peak is
+  the one the pointing game uses (:func:`~ltpa.attention.peaks.peak_pixels`): on a plateau of
+  tied maxima, the tied pixel nearest to their centroid, not the first argmax.
 * ``mass``: for each visible keypoint, the share of the map's total mass on pixels whose centres
   lie within ``radius`` px of it; the image goes to the part with the largest share, or to
   ``"none"`` when no disc holds any mass. Discs of nearby keypoints may overlap, so shares can
@@ -28,6 +29,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from ltpa.attention._inputs import check_heat
+from ltpa.attention.peaks import peak_pixels
 
 __all__ = ["ASSIGNMENTS", "part_assignments", "part_table", "plot_part_table"]
 
@@ -80,8 +82,8 @@ def part_assignments(
     num_parts = points.shape[1]
     points, visible = points.to(maps.device), visible.to(maps.device)
 
-    peak = maps.flatten(1).argmax(1)
-    peak_xy = torch.stack([(peak % width).double() + 0.5, (peak // width).double() + 0.5], 1)  # (N, 2)
+    rows, columns = peak_pixels(maps)
+    peak_xy = torch.stack([columns.double() + 0.5, rows.double() + 0.5], 1)  # (N, 2) pixel centres
     distance = (points - peak_xy[:, None]).norm(dim=-1).masked_fill(~visible, math.inf)  # (N, P)
     nearest = distance.min(1)
     peak_part = torch.where(nearest.values <= radius, nearest.indices, torch.full_like(nearest.indices, num_parts))
