@@ -20,6 +20,7 @@ __all__ = [
     "resize_short_side_crop_params",
     "box_crop_params",
     "squash_params",
+    "crop_params",
     "crop_and_resize",
     "transform_boxes",
     "transform_points",
@@ -112,12 +113,33 @@ def squash_params(height: int, width: int, size: int) -> CropParams:
     return CropParams(0, 0, width, height, size, size)
 
 
-def crop_and_resize(image: Image.Image, params: CropParams) -> Image.Image:
-    """Cut ``params``' region out of ``image`` (black outside it) and resize with antialiasing."""
+def crop_params(height: int, width: int, size: int, mode: str, box: Tensor | tuple[float, ...] | None = None, *,
+                margin: float = 0.1) -> CropParams:
+    """The crop of one resize mode: ``"resize_crop"`` (:func:`resize_short_side_crop_params`),
+    ``"squash"`` (:func:`squash_params`) or ``"bbox_crop"`` (:func:`box_crop_params`, needs ``box``).
+
+    Raises:
+        ValueError: an unknown mode, or ``bbox_crop`` without a box.
+    """
+    if mode == "resize_crop":
+        return resize_short_side_crop_params(height, width, size)
+    if mode == "squash":
+        return squash_params(height, width, size)
+    if mode != "bbox_crop":
+        raise ValueError(f"mode must be one of resize_crop, bbox_crop, squash, got {mode!r}")
+    if box is None:
+        raise ValueError("mode='bbox_crop' needs a box; use mode='resize_crop' for images without one")
+    return box_crop_params(height, width, box, size, margin=margin)
+
+
+def crop_and_resize(image: Image.Image, params: CropParams, *,
+                    resample: Image.Resampling = Image.Resampling.BILINEAR) -> Image.Image:
+    """Cut ``params``' region out of ``image`` (black outside it) and resize it, bilinear with
+    antialiasing by default (``NEAREST`` for masks)."""
     region = image.crop((params.left, params.top, params.left + params.width, params.top + params.height))
     if region.size == (params.out_width, params.out_height):
         return region
-    return region.resize((params.out_width, params.out_height), Image.Resampling.BILINEAR)
+    return region.resize((params.out_width, params.out_height), resample)
 
 
 def transform_points(points: Tensor, params: CropParams) -> Tensor:
