@@ -86,6 +86,9 @@ def read_cifar_pickle(path: str | Path) -> dict[str, Any]:
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 
+_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
+
 def _text(values: Any) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
 
@@ -123,6 +126,11 @@ def load_cifar(root: str | Path, *, variant: str = "cifar100", options: dict[str
     folder = _folder(root, variant)
     train_files, test_files, meta_file = _FILES[variant]
     required = [folder / f for f in (*train_files, *test_files, meta_file)]
+    other = "cifar10" if variant == "cifar100" else "cifar100"
+    other_meta = _folder(root, other) / _FILES[other][2]
+    if not all(p.exists() for p in required) and other_meta.is_file():
+        raise ValueError(f"{variant}: {root} holds {_NAMES[other]} ({other_meta.parent.name}/{other_meta.name}), not "
+                         f"{_NAMES[variant]}; load it as {other}:{root}")
     ensure_files(variant, folder.parent, required, RESOURCES[variant], download=download)
 
     meta = read_cifar_pickle(folder / meta_file)

@@ -9,18 +9,25 @@ part id, x, y, visible). Coordinates stay in the original file's pixels:
 * a part at ``(x, y)`` marks pixel column x, row y, so it becomes its centre ``(x + 0.5, y + 0.5)``;
   invisible parts are NaN with ``part_visible`` False.
 
-Images listed but missing (or unreadable) on disk are dropped, with a warning that counts them.
+Every annotation file is checked line by line; an error names the file, the line and what the
+line should hold: bytes that are not UTF-8, a wrong number of fields, a field that is not a
+number, an id given twice, a box with no area or outside its image (by more than
+``max(2 px, 2%)`` of the image's side: the official boxes reach at most a pixel past the border).
+Images listed but missing on disk are dropped, with a warning that counts them and names the
+``images.txt`` lines; files that are on disk but cannot be read as images (or are over the pixel
+limit) are an error that lists them.
 """
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .download import RESOURCES, ensure_files
-from .materialise import read_image_size
+from .images import ImageReadError, read_image_sizes
 from .sources import DataSource, Split, check_options
 
 __all__ = ["load_cub", "parse_class_selection", "CUB_NUM_CLASSES"]
@@ -29,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 CUB_NUM_CLASSES = 200
 _REQUIRED = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
+_SHOWN = 3  # files named in a message about many files
 
 
 def _folder(root: Path) -> Path:
@@ -37,27 +45,57 @@ def _folder(root: Path) -> Path:
     return root / "CUB_200_2011"
 
 
-def _read_table(path: Path, columns: int, types: tuple[type, ...], key_columns: int = 1) -> dict[Any, tuple]:
+class _Table(dict):
+    """Rows of an annotation file keyed by id, with the line each came from (``line[key]``)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.line: dict[Any, int] = {}
+
+    def where(self, key: Any) -> str:
+        return f"{self.path}, line {self.line[key]}"
+
+
+def _read_table(path: Path, fields: tuple[tuple[str, type], ...], key_columns: int = 1) -> _Table:
     """Rows of a whitespace-separated file keyed by their first ``key_columns`` ints.
 
-    The last column may contain spaces when it is a string (names, paths).
+    ``fields`` names each column and its type; the last column may contain spaces when it is
+    a string (names, paths). Every error names the file, the line and the expected layout.
     """
-    rows: dict[Any, tuple] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            pieces = line.strip().split(maxsplit=columns - 1)
+    layout = " ".join(f"<{name}>" for name, _ in fields)
+    rows = _Table(path)
+    for number, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}, line {number}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is not "
+                             f"UTF-8 text; the official file is UTF-8: extract it again from the archive, or fix "
+                             f"that line") from err
+        if not line:
+            continue
+        last_is_text = fields[-1][1] is str
+        pieces = line.split(maxsplit=len(fields) - 1) if last_is_text else line.split()
+        where = f"{path}, line {number}"
+        if len(pieces) != len(fields):
+            raise ValueError(f"{where}: expected {len(fields)} fields ({layout}), found {len(pieces)} in "
+                             f"{line!r}; fix or remove the line")
+        values = []
+        for (name, kind), piece in zip(fields, pieces):
             try:
-                if len(pieces) != columns:
-                    raise ValueError(f"expected {columns} columns, found {len(pieces)}")
-                values = tuple(t(p) for t, p in zip(types, pieces))
+                value = kind(piece)
             except ValueError as err:
-                raise ValueError(f"{path}, line {number}: cannot read {line.strip()!r} ({err})") from err
-            key = values[0] if key_columns == 1 else values[:key_columns]
-            if key in rows:
-                raise ValueError(f"{path}, line {number}: id {key} appears twice")
-            rows[key] = values[key_columns:]
+                noun = "an integer" if kind is int else "a number"
+                raise ValueError(f"{where}: {name} {piece!r} is not {noun} in {line!r}; lines read "
+                                 f"{layout}") from err
+            if kind is float and not math.isfinite(value):
+                raise ValueError(f"{where}: {name} {piece!r} is not a finite number in {line!r}")
+            values.append(value)
+        key = values[0] if key_columns == 1 else tuple(values[:key_columns])
+        if key in rows:
+            raise ValueError(f"{where}: id {key} appears twice (first on line {rows.line[key]}); remove one")
+        rows[key] = tuple(values[key_columns:])
+        rows.line[key] = number
     return rows
 
 
@@ -109,10 +147,10 @@ def load_cub(root: str | Path, *, options: dict[str, Any] | None = None, downloa
     ensure_files("cub", folder.parent, [folder / f for f in _REQUIRED], RESOURCES["cub"], download=download)
     warnings: list[str] = []
 
-    paths = _read_table(folder / "images.txt", 2, (int, str))
-    labels = _read_table(folder / "image_class_labels.txt", 2, (int, int))
-    is_train = _read_table(folder / "train_test_split.txt", 2, (int, int))
-    classes = _read_table(folder / "classes.txt", 2, (int, str))
+    paths = _read_table(folder / "images.txt", (("image id", int), ("path", str)))
+    labels = _read_table(folder / "image_class_labels.txt", (("image id", int), ("class id", int)))
+    is_train = _read_table(folder / "train_test_split.txt", (("image id", int), ("is_training_image", int)))
+    classes = _read_table(folder / "classes.txt", (("class id", int), ("name", str)))
     class_ids = sorted(classes)
     for name, table in (("image_class_labels.txt", labels), ("train_test_split.txt", is_train)):
         absent = [i for i in paths if i not in table]
@@ -122,18 +160,26 @@ def load_cub(root: str | Path, *, options: dict[str, Any] | None = None, downloa
     bad = {i: c for i, (c,) in labels.items() if i in paths and c not in classes}
     if bad:
         first = next(iter(bad.items()))
-        raise ValueError(f"{folder / 'image_class_labels.txt'}: {len(bad)} class id(s) not in classes.txt "
-                         f"(ids {class_ids[0]}-{class_ids[-1]}), e.g. image {first[0]} -> class {first[1]}")
+        raise ValueError(f"{labels.where(first[0])}: {len(bad)} class id(s) not in classes.txt "
+                         f"(ids {class_ids[0]}-{class_ids[-1]}), e.g. image {first[0]} -> class {first[1]}; "
+                         f"fix the line or add the class to classes.txt")
 
     ids = sorted(paths)
     files = [folder / "images" / paths[i][0] for i in ids]
-    sizes = [read_image_size(f) if f.exists() else None for f in files]
-    missing = [f for f, s in zip(files, sizes) if not f.exists()]
-    unreadable = [f for f, s in zip(files, sizes) if f.exists() and s is None]
-    for what, lost in (("missing on disk", missing), ("unreadable as images", unreadable)):
-        if lost:
-            warnings.append(f"cub: {len(lost)} of {len(files)} listed images are {what} and were dropped, e.g. "
-                            f"{', '.join(str(p) for p in lost[:3])}")
+    present_on_disk = [f.is_file() for f in files]
+    found = iter(read_image_sizes([f for f, here in zip(files, present_on_disk) if here]))
+    sizes = [next(found) if here else None for here in present_on_disk]
+    unreadable = [k for k, (here, size) in enumerate(zip(present_on_disk, sizes)) if here and size is None]
+    if unreadable:
+        shown = ", ".join(f"{files[k]} ({paths.where(ids[k])})" for k in unreadable[:_SHOWN])
+        raise ImageReadError(f"cub: {len(unreadable)} of {len(files)} listed images cannot be read as images: "
+                             f"{shown}; replace them with good copies (extract the archive again) or remove "
+                             f"their lines from the annotation files")
+    missing = [k for k, here in enumerate(present_on_disk) if not here]
+    if missing:
+        shown = ", ".join(f"{files[k]} ({paths.where(ids[k])})" for k in missing[:_SHOWN])
+        warnings.append(f"cub: {len(missing)} of {len(files)} listed images are missing on disk and were dropped, "
+                        f"e.g. {shown}")
     keep = [k for k, s in enumerate(sizes) if s is not None]
 
     selection = parse_class_selection(options.get("classes", "present"), class_ids)
@@ -162,11 +208,13 @@ def load_cub(root: str | Path, *, options: dict[str, Any] | None = None, downloa
     class_names = tuple(classes[c][0] for c in chosen)
     targets = torch.tensor([remap[labels[ids[k]][0]] for k in keep], dtype=torch.int64)
     sizes_t = torch.tensor([sizes[k] for k in keep], dtype=torch.int64)
-    boxes = _boxes(folder, [ids[k] for k in keep], warnings)
+    boxes = _boxes(folder, [ids[k] for k in keep], sizes_t, warnings)
     parts, visible, part_names = _parts(folder, [ids[k] for k in keep], warnings)
+    wrong = [i for i in ids if is_train[i][0] not in (0, 1)]
+    if wrong:
+        raise ValueError(f"{is_train.where(wrong[0])}: is_training_image of image {wrong[0]} is "
+                         f"{is_train[wrong[0]][0]}; it must be 1 (train) or 0 (test)")
     split_of = torch.tensor([is_train[ids[k]][0] for k in keep])
-    if not ((split_of == 0) | (split_of == 1)).all():
-        raise ValueError(f"{folder / 'train_test_split.txt'}: the second column must be 1 (train) or 0 (test)")
     full = Split(targets, files=[files[k] for k in keep], sizes=sizes_t, boxes=boxes, parts=parts,
                  part_visible=visible, part_names=part_names)
     train, test = full.select(split_of == 1), full.select(split_of == 0)
@@ -177,15 +225,23 @@ def load_cub(root: str | Path, *, options: dict[str, Any] | None = None, downloa
                       {"classes": options.get("classes", "present")})
 
 
-def _boxes(folder: Path, ids: list[int], warnings: list[str]) -> torch.Tensor | None:
+def _boxes(folder: Path, ids: list[int], sizes: torch.Tensor, warnings: list[str]) -> torch.Tensor | None:
     path = folder / "bounding_boxes.txt"
     if not path.exists():
         warnings.append(f"cub: {path} is missing: no bounding boxes (bbox_crop is unavailable)")
         return None
-    table = _read_table(path, 5, (int, float, float, float, float))
+    table = _read_table(path, (("image id", int), ("x", float), ("y", float), ("width", float), ("height", float)))
     absent = [i for i in ids if i not in table]
     if absent:
-        raise ValueError(f"{path} has no box for {len(absent)} image(s), e.g. ids {absent[:5]}")
+        raise ValueError(f"{path} has no box for {len(absent)} image(s), e.g. ids {absent[:5]}; add a line "
+                         f"'<image id> <x> <y> <width> <height>' for each")
+    for image_id, (height, width) in zip(ids, sizes.tolist()):
+        x, y, w, h = table[image_id]
+        slack_x, slack_y = max(2.0, 0.02 * width), max(2.0, 0.02 * height)
+        if w <= 0 or h <= 0 or x < -slack_x or y < -slack_y or x + w > width + slack_x or y + h > height + slack_y:
+            raise ValueError(f"{table.where(image_id)}: box x={x:g} y={y:g} width={w:g} height={h:g} of image "
+                             f"{image_id} is {'empty' if w <= 0 or h <= 0 else 'outside the image'} "
+                             f"({width}x{height} px); fix the line (boxes are x y width height in pixels)")
     xywh = torch.tensor([table[i] for i in ids], dtype=torch.float32).reshape(-1, 4)
     return torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], dim=1)
 
@@ -197,9 +253,10 @@ def _parts(folder: Path, ids: list[int],
         if not path.exists():
             warnings.append(f"cub: {path} is missing: no part annotations")
             return None, None, ()
-    names = _read_table(names_path, 2, (int, str))
+    names = _read_table(names_path, (("part id", int), ("name", str)))
     part_ids = sorted(names)
-    locs = _read_table(locs_path, 5, (int, int, float, float, int), key_columns=2)
+    locs = _read_table(locs_path, (("image id", int), ("part id", int), ("x", float), ("y", float),
+                                   ("visible", int)), key_columns=2)
     index = {p: j for j, p in enumerate(part_ids)}
     row = {i: k for k, i in enumerate(ids)}
     parts = torch.full((len(ids), len(part_ids), 2), float("nan"))
@@ -210,7 +267,8 @@ def _parts(folder: Path, ids: list[int],
         if image_id not in row:
             continue
         if part_id not in index:
-            raise ValueError(f"{locs_path}: part id {part_id} (image {image_id}) is not in {names_path}")
+            raise ValueError(f"{locs.where((image_id, part_id))}: part id {part_id} (image {image_id}) is not in "
+                             f"{names_path}")
         rows.append(row[image_id])
         cols.append(index[part_id])
         coords.append((x + 0.5, y + 0.5))  # pixel index -> its centre

@@ -177,15 +177,16 @@ def extract_archive(archive: str | Path, dest: str | Path) -> list[Path]:
 
 def missing_files_error(name: str, missing: Sequence[Path], root: Path,
                         resources: Sequence[Resource]) -> FileNotFoundError:
-    """One error that says what is missing, where it belongs and where to get it."""
-    lines = [f"{name}: {len(missing)} required file(s) missing under {root}:"]
-    lines += [f"  - {path}" for path in missing]
+    """One error (one line) that says what is missing, where it belongs and where to get it."""
+    shown = ", ".join(map(str, missing[:4])) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+    hows = []
     for res in resources:
         how = f"download {res.url} and extract it into {root}" if res.extract else \
             f"download {res.url} to {root / res.filename}"
-        lines.append(f"Get {res.description}: {how}; or pass --download (load_data(..., download=True)) "
-                     f"and ltpa fetches and verifies it.")
-    return FileNotFoundError("\n".join(lines))
+        hows.append(f"get {res.description}: {how}")
+    return FileNotFoundError(f"{name}: {len(missing)} required file(s) missing under {root} ({shown}); "
+                             f"{'; '.join(hows)}; or pass --download (load_data(..., download=True)) and ltpa "
+                             f"fetches and verifies it")
 
 
 def ensure_files(name: str, root: Path, required: Sequence[Path], resources: Sequence[Resource], *,

@@ -11,11 +11,15 @@ Image folders may be named ``images``, ``image``, ``img``, ``rgb`` (or be the cl
 itself); mask folders ``masks``, ``mask``, ``GroundTruth``, ``ground_truth``, ``gt`` or
 ``figure_ground`` (names compared case-insensitively).
 
-A mask is read as grey levels, resized to its image with nearest neighbour if the sizes differ,
-and thresholded at 50%: ``>= 128`` of 255, or ``>= 1`` for masks stored as 0/1 (maximum value 1).
+A mask is read as grey levels, resized to its image with nearest neighbour if it is stored at
+another scale (a mask of another aspect ratio is an error: it belongs to another image), and
+thresholded at 50%: ``>= 128`` of 255, or ``>= 1`` for masks stored as 0/1 (maximum value 1).
 An image without a mask or a mask without an image is left out with one warning giving the count
-and a few names. Then image (bilinear) and mask (nearest) go through the same resize: short side
-to ``size`` and centre crop, as :func:`ltpa.data.images.load_image` does.
+and a few names. Images are read by :func:`ltpa.data.images.open_image`, as in training. Then
+image (bilinear) and mask (nearest) go through the same crop and resize, that of a training
+run's ``resize_mode``: ``resize_crop`` (short side to ``size``, centre square), ``squash``, or
+``bbox_crop`` around the mask's tight box (grown by ``bbox_margin``; an empty mask has no box,
+so its image is resized as ``resize_crop``).
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from ltpa.data.images import IMAGE_SUFFIXES
+from ltpa.data.images import IMAGE_SUFFIXES, ImageReadError, open_image, read_image_size
+from ltpa.data.transforms import crop_and_resize, crop_params
 
 __all__ = ["MaskedImages", "IMAGE_DIRS", "MASK_DIRS", "find_mask_pairs", "load_mask_folder", "mask_boxes"]
 
@@ -108,34 +113,42 @@ def find_mask_pairs(root: str | Path) -> dict[str, list[tuple[Path, Path]]]:
     return result
 
 
-def _open(path: Path, mode: str) -> Image.Image:
+def _open_mask(path: Path) -> Image.Image:
+    """A mask file as 8-bit grey (``L``); the pixel limit is checked first."""
+    if read_image_size(path) is None:
+        raise ImageReadError(f"cannot read mask {str(path)!r} as an image; replace it with a good copy or remove it")
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert(mode)
+            return img.convert("L")
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ValueError(f"cannot read {str(path)!r} as an image ({err}).") from err
+        raise ImageReadError(f"cannot read mask {str(path)!r} as an image ({err}); replace it or remove it") from err
 
 
-def _resize_crop(img: Image.Image, size: int, resample: int) -> Image.Image:
-    scale = size / min(img.size)
-    new_w, new_h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
-    img = img.resize((new_w, new_h), resample)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-def _load_pair(image_path: Path, mask_path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
-    image = _open(image_path, "RGB")
-    grey = _open(mask_path, "L")
+def _load_pair(image_path: Path, mask_path: Path, size: int, mode: str,
+               margin: float) -> tuple[np.ndarray, np.ndarray]:
+    image = open_image(image_path)
+    grey = _open_mask(mask_path)
+    (iw, ih), (mw, mh) = image.size, grey.size
     if grey.size != image.size:
+        # Only a uniform rescale is a mask of this image (within one pixel of rounding).
+        if abs(mh * iw / mw - ih) > 1 or abs(mw * ih / mh - iw) > 1:
+            raise ValueError(f"mask {str(mask_path)!r} is {mw}x{mh} px but its image {str(image_path)!r} is "
+                             f"{iw}x{ih} px, another aspect ratio: it is not this image's mask; save the mask at "
+                             f"the image's size")
         grey = grey.resize(image.size, Image.Resampling.NEAREST)
     values = np.asarray(grey)
     threshold = 1 if values.max() == 1 else 128  # 0/1 masks, else 50% of 255
-    binary = Image.fromarray(((values >= threshold) * 255).astype(np.uint8))
-    image = _resize_crop(image, size, Image.Resampling.BILINEAR)
-    binary = _resize_crop(binary, size, Image.Resampling.NEAREST)
-    return np.asarray(image, dtype=np.uint8), np.asarray(binary) >= 128
+    binary = values >= threshold
+    box = None
+    if mode == "bbox_crop":
+        tight = mask_boxes(torch.from_numpy(binary)[None])[0]
+        box = tight if bool(binary.any()) else None
+    params = crop_params(ih, iw, size, "resize_crop" if mode == "bbox_crop" and box is None else mode, box,
+                         margin=margin)
+    image = crop_and_resize(image, params)
+    mask = crop_and_resize(Image.fromarray(binary.astype(np.uint8) * 255), params, resample=Image.Resampling.NEAREST)
+    return np.asarray(image, dtype=np.uint8), np.asarray(mask) >= 128
 
 
 def mask_boxes(masks: Tensor) -> Tensor:
@@ -150,25 +163,31 @@ def mask_boxes(masks: Tensor) -> Tensor:
     return torch.where(masks.flatten(1).any(1)[:, None], boxes, torch.zeros_like(boxes))
 
 
-def load_mask_folder(root: str | Path, size: int, *, limit: int | None = None) -> MaskedImages:
+def load_mask_folder(root: str | Path, size: int, *, limit: int | None = None, mode: str = "resize_crop",
+                     bbox_margin: float = 0.1) -> MaskedImages:
     """Load every matched image/mask pair under ``root`` at ``size x size``.
 
     Args:
         root: a folder in one of the layouts of the module docstring.
-        size: output side in pixels (short side resized, then centre crop).
+        size: output side in pixels.
         limit: keep at most this many pairs per class (in file order).
+        mode: the training run's ``resize_mode`` (module docstring).
+        bbox_margin: for ``bbox_crop``, the fraction of the box's side added per side.
 
     Raises:
         FileNotFoundError: see :func:`find_mask_pairs`.
-        ValueError: an unreadable file or a bad ``size``.
+        ValueError: an unreadable file, a mask of another aspect ratio than its image, a bad
+            ``size`` or ``mode``.
     """
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int (pixels), got {size!r}.")
+    if mode not in ("resize_crop", "bbox_crop", "squash"):
+        raise ValueError(f"mode must be one of resize_crop, bbox_crop, squash, got {mode!r}")
     classes = find_mask_pairs(root)
     images, masks, labels, paths = [], [], [], []
     for label, (name, pairs) in enumerate(classes.items()):
         for image_path, mask_path in pairs[:limit]:
-            image, mask = _load_pair(image_path, mask_path, size)
+            image, mask = _load_pair(image_path, mask_path, size, mode, bbox_margin)
             images.append(image)
             masks.append(mask)
             labels.append(label)

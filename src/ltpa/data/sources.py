@@ -191,8 +191,12 @@ def _check_name(name: str) -> None:
 def check_options(source: str, options: dict[str, Any], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(options) - set(allowed))
     if unknown:
+        import difflib
+
         allowed_text = ", ".join(allowed) if allowed else "none"
-        raise ValueError(f"{source}: unknown option(s) {', '.join(unknown)}; allowed: {allowed_text}")
+        close = [m for key in unknown for m in difflib.get_close_matches(key, allowed, n=1)]
+        hint = f" (did you mean {' or '.join(dict.fromkeys(close))}?)" if close else ""
+        raise ValueError(f"{source}: unknown option(s) {', '.join(unknown)}{hint}; allowed: {allowed_text}")
 
 
 def option_bool(source: str, options: dict[str, Any], key: str, default: bool) -> bool:

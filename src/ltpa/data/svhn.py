@@ -40,8 +40,12 @@ def read_svhn_mat(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"cannot read {path} as a MATLAB file ({type(err).__name__}: {err}); it may be "
                          f"truncated: delete it and download it again") from err
     if "X" not in mat or "y" not in mat:
-        found = ", ".join(k for k in mat if not k.startswith("__"))
-        raise ValueError(f"{path} has no 'X' and 'y' variables (found {found})")
+        from scipy.io import whosmat
+
+        found = ", ".join(f"{name} {'x'.join(map(str, shape))}" for name, shape, _ in whosmat(path)) or "none"
+        raise ValueError(f"{path} has no 'X' and 'y' variables (it holds: {found}); SVHN files are the cropped "
+                         f"digits of format 2 (X 32x32x3xN uint8, y Nx1): download {path.name} again from "
+                         f"http://ufldl.stanford.edu/housenumbers/")
     x, y = np.asarray(mat["X"]), np.asarray(mat["y"]).reshape(-1)
     if x.ndim != 4 or x.shape[:3] != (32, 32, 3) or x.dtype != np.uint8:
         raise ValueError(f"{path}: X must be uint8 (32, 32, 3, N), got {x.dtype} {x.shape}")
