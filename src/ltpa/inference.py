@@ -1,7 +1,18 @@
-"""Load a trained ltpa checkpoint and run it on images: the library behind ``ltpa attend``."""
+"""Load a trained ltpa checkpoint and run it on images: the library behind ``ltpa attend``.
+
+Images are prepared exactly as the run prepared its data: the same decoding
+(:func:`ltpa.data.images.open_image`), the run's ``image_size`` and ``resize_mode`` (the same
+crop and resize as :func:`ltpa.data.materialise.materialise`), then its mean/std or ZCA.
+Image files have no boxes, so for a run trained with ``resize_mode=bbox_crop`` they are
+resized as ``resize_crop`` (short side to the size, centre square) instead, with one warning:
+the object then fills less of the picture than in training, so crop such images around the
+object first for results comparable with the run's. Data sets with boxes (``--data cub:PATH``)
+get the run's ``bbox_crop``.
+"""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from .attention import attention_grid, compute_maps, save_figure
-from .data.images import find_images, load_images
+from .attention.ground_truth import EvaluationSet, load_evaluation_set
+from .data.images import find_images
+from .data.materialise import BBOX_MARGIN, materialise
+from .data.sources import Split
 from .models import create_model
 from ._files import atomic_write_json
 from .train.checkpoint import load_checkpoint, load_model_state
@@ -23,7 +37,9 @@ from .train.whitening import load_whitening
 PREDICTIONS_FILE = "predictions.json"
 
 __all__ = ["TrainedModel", "load_trained", "normalise", "class_names_for", "attend_files", "attend_images",
-           "prepare_out_dir"]
+           "prepare_out_dir", "load_files_as_trained", "evaluation_set"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,46 @@ def load_trained(path: str | Path) -> TrainedModel:
     if config.zca:
         whiten = load_whitening((run_dir or checkpoint.path.parent) / ZCA_FILE, device=torch.device("cpu"))
     return TrainedModel(model.eval(), config, class_names_for(config, run_dir), checkpoint.path, whiten)
+
+
+def load_files_as_trained(config: TrainConfig, paths: Sequence[str | Path], *,
+                          size: int | None = None) -> tuple[Tensor, str]:
+    """Read image files into uint8 ``(N, 3, S, S)`` exactly as the run's data was decoded.
+
+    Args:
+        config: the run's config (``image_size``, ``resize_mode``).
+        paths: image files.
+        size: ``S``; default the run's ``image_size``.
+
+    Returns:
+        ``(images, resize_mode)``: the mode used, which is ``resize_crop`` for a ``bbox_crop``
+        run (files have no boxes; logged once as a warning).
+
+    Raises:
+        ImageReadError: files that cannot be read (a ValueError naming them).
+    """
+    size = size or config.image_size
+    mode = config.resize_mode
+    if mode == "bbox_crop":
+        logger.warning("this run was trained with resize_mode=bbox_crop (a square around each annotated box); "
+                       "image files have no boxes, so they are resized as resize_crop (short side to %d px, centre "
+                       "square) instead: crop them around the object for results comparable with training", size)
+        mode = "resize_crop"
+    files = Split(torch.zeros(len(paths), dtype=torch.int64), files=[Path(p) for p in paths], name="")
+    images, _, _ = materialise(files, size, mode, workers=0)
+    return images, mode
+
+
+def evaluation_set(trained: TrainedModel, spec: str | None = None, *, limit: int | None = None,
+                   split: str = "test") -> EvaluationSet:
+    """:func:`~ltpa.attention.ground_truth.load_evaluation_set` with the run's own preprocessing:
+    its image size, resize mode and bbox margin, and for ``synthetic`` its class count, seed and
+    test size. ``spec`` defaults to the run's data."""
+    config = trained.config
+    defaults = {"num_classes": config.num_classes, "seed": config.data_seed, "num_test": config.num_test}
+    return load_evaluation_set(spec or config.data, image_size=config.image_size, limit=limit, split=split,
+                               synthetic_defaults=defaults, resize_mode=config.resize_mode,
+                               bbox_margin=BBOX_MARGIN)
 
 
 def _run_dir_of(checkpoint: Path) -> Path | None:
@@ -140,7 +196,8 @@ def attend_files(
         trained: from :func:`load_trained`.
         inputs: image files and/or folders (searched recursively).
         out: output folder (must be new or empty unless ``overwrite``).
-        size: resize the short side to this and centre-crop; default the training image size.
+        size: the side of the square images; default the training image size. The run's resize
+            mode applies (``bbox_crop`` falls back to ``resize_crop``: see the module docstring).
         mode: overlay colour scale, ``"mass"``, ``"shared"`` or ``"per-map"``.
         cmap: matplotlib colormap name.
         overwrite: replace the contents of a non-empty ``out``.
@@ -155,9 +212,12 @@ def attend_files(
             without attention maps.
     """
     paths = find_images(inputs)  # every check on the inputs runs before anything is written
-    images = load_images(paths, size or trained.config.image_size)
+    images, resize_mode = load_files_as_trained(trained.config, paths, size=size)
+    preprocessing = {"image_size": int(images.shape[-1]), "resize_mode": resize_mode,
+                     "trained_resize_mode": trained.config.resize_mode}
     return attend_images(trained, images, [str(p) for p in paths], out, stems=_unique_stems(paths),
-                         mode=mode, cmap=cmap, overwrite=overwrite, batch_size=batch_size)
+                         mode=mode, cmap=cmap, overwrite=overwrite, batch_size=batch_size,
+                         preprocessing=preprocessing)
 
 
 def attend_images(
@@ -172,6 +232,7 @@ def attend_images(
     cmap: str = "jet",
     overwrite: bool = False,
     batch_size: int = 64,
+    preprocessing: dict | None = None,
 ) -> dict:
     """:func:`attend_files` for uint8 images ``(N, 3, H, W)`` already in memory (e.g. a data set).
 
@@ -179,6 +240,7 @@ def attend_images(
         names: one name per image (recorded in ``predictions.json``).
         stems: output file stems (default ``image_00000``...).
         targets: optional true classes ``(N,)``, shown in the titles and recorded.
+        preprocessing: how the images were made (size, resize mode), recorded as is.
     """
     maps = compute_maps(trained.model, trained.prepare(images), batch_size=batch_size)
     out = prepare_out_dir(out, overwrite=overwrite, what="attention maps", marker=PREDICTIONS_FILE)
@@ -206,6 +268,7 @@ def attend_images(
         records.append(record)
     summary = {"checkpoint": str(trained.checkpoint), "model": trained.config.model,
                "normalisation": maps.normalisation, "display_mode": mode,
+               **({"preprocessing": preprocessing} if preprocessing else {}),
                "levels": [{"name": lv.name, "stride": lv.stride, "offset": lv.offset} for lv in maps.levels],
                "images": records}
     atomic_write_json(out / PREDICTIONS_FILE, summary)
