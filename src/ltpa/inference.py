@@ -125,12 +125,11 @@ def load_files_as_trained(config: TrainConfig, paths: Sequence[str | Path], *,
     return images, mode
 
 
-def evaluation_set(trained: TrainedModel, spec: str | None = None, *, limit: int | None = None,
+def evaluation_set(config: TrainConfig, spec: str | None = None, *, limit: int | None = None,
                    split: str = "test") -> EvaluationSet:
-    """:func:`~ltpa.attention.ground_truth.load_evaluation_set` with the run's own preprocessing:
-    its image size, resize mode and bbox margin, and for ``synthetic`` its class count, seed and
-    test size. ``spec`` defaults to the run's data."""
-    config = trained.config
+    """:func:`~ltpa.attention.ground_truth.load_evaluation_set` with a run's own preprocessing
+    (``config``, e.g. ``trained.config``): its image size, resize mode and bbox margin, and for
+    ``synthetic`` its class count, seed and test size. ``spec`` defaults to the run's data."""
     defaults = {"num_classes": config.num_classes, "seed": config.data_seed, "num_test": config.num_test}
     return load_evaluation_set(spec or config.data, image_size=config.image_size, limit=limit, split=split,
                                synthetic_defaults=defaults, resize_mode=config.resize_mode,

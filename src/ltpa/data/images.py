@@ -37,8 +37,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .transforms import CropParams, crop_and_resize, resize_short_side_crop_params
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "ImageReadError", "ImageTooLargeError", "describe_failures", "max_image_pixels",
-           "open_image", "read_image_size", "read_image_sizes", "to_rgb", "find_images", "load_image", "load_images"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "ImageReadError", "ImageTooLargeError", "describe_failures",
+           "max_image_pixels", "open_image", "read_image_size", "read_image_sizes", "to_rgb", "find_images",
+           "load_image", "load_images"]
 
 logger = logging.getLogger(__name__)
 
