@@ -58,8 +58,8 @@ def _status(run: RunData) -> dict[str, Any]:
     last = f"last recorded epoch {run.metrics[-1]['epoch']}" if run.metrics else "no epoch finished yet"
     return {"finished": False,
             "text": f"STILL TRAINING (or stopped before the end): this report shows what exists so far, "
-                    f"{done} of {planned} epochs ({last}). No test results yet; rebuild the report when the "
-                    f"run has finished."}
+                    f"{done} of {planned} epochs ({last}). No test results yet; rebuild it with "
+                    f"`ltpa report {sections.commands(run)['run']}` when the run has finished."}
 
 
 def _attention(run: RunData, *, data: str | None, images: int, pool: int) -> dict[str, Any]:
@@ -69,13 +69,13 @@ def _attention(run: RunData, *, data: str | None, images: int, pool: int) -> dic
     if run.checkpoint is None:
         why = ("No checkpoint yet: the first epoch has not finished." if not run.metrics
                else "The run folder holds no checkpoint (checkpoints/ is missing or empty).")
-        return {"missing": sections.Missing(why, f"ltpa train --resume --out {cmd['run']}")}
+        return {"missing": sections.missing_section(why, f"ltpa train --resume --out {cmd['run']}")}
     try:
         panel = attention_panel(run.checkpoint, data=data, images=images, pool=pool)
     except (ValueError, TypeError, OSError) as err:
         logger.warning("report: no attention maps for %s: %s", run.run_dir, err)
         spec = data or (run.config or {}).get("data", "SPEC")
-        return {"missing": sections.Missing(
+        return {"missing": sections.missing_section(
             f"The maps could not be computed from {run.checkpoint}: {err}",
             f"ltpa report {cmd['run']} --data {shlex.quote(str(spec))}",
             f"ltpa attend {cmd['checkpoint']} --data {shlex.quote(str(spec))} --out {cmd['run']}/attend")}
@@ -103,14 +103,14 @@ def render_report(run: RunData, *, data: str | None = None, attention_images: in
     tested = (run.final or {}).get("tested_epoch")
     curves = ({"uri": figure_uri(curves_figure(run.metrics, title=title, tested_epoch=tested), fmt="svg")}
               if run.metrics else
-              {"missing": sections.Missing("metrics.jsonl holds no finished epoch yet.",
+              {"missing": sections.missing_section("metrics.jsonl holds no finished epoch yet.",
                                            f"ltpa train --resume --out {sections.commands(run)['run']}")})
     per_class = sections.per_class_section(run)
     if per_class.get("matrix"):
         confusion = {"uri": figure_uri(confusion_figure(per_class["matrix"], per_class["names"]), dpi=80),
                      "classes": len(per_class["names"])}
     else:
-        confusion = {"missing": per_class.get("missing") or sections.Missing(
+        confusion = {"missing": per_class.get("missing") or sections.missing_section(
             "test_report.json has no confusion matrix.", f"ltpa eval {sections.commands(run)['checkpoint']}")}
     attention = _attention(run, data=data, images=attention_images, pool=attention_pool)
     cmd = sections.commands(run)

@@ -10,9 +10,9 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from ltpa.report.collect import Found, RunData
+from ltpa.report.collect import RunData
 
-__all__ = ["Missing", "config_section", "environment_section", "final_section", "per_class_section",
+__all__ = ["missing_section", "config_section", "environment_section", "final_section", "per_class_section",
            "localise_sections", "sanity_sections", "transfer_section", "commands", "SANITY_COMMAND"]
 
 # ``ltpa sanity`` (issue 11) writes sanity.json; the report reads it from the run folder or a
@@ -21,7 +21,7 @@ SANITY_COMMAND = "ltpa sanity {checkpoint} --out {run}/sanity"
 _RAW_JSON_CHARS = 20000
 
 
-def Missing(why: str, *commands: str) -> dict[str, Any]:  # noqa: N802 (reads as a record type)
+def missing_section(why: str, *commands: str) -> dict[str, Any]:
     """A missing section: ``why`` in words and the commands that produce what it needs."""
     return {"why": why, "commands": list(commands)}
 
@@ -49,8 +49,9 @@ def _number(value: Any, digits: int = 2, suffix: str = "") -> str:
 
 
 def config_section(run: RunData) -> dict[str, Any]:
+    """``highlights`` (the settings that define the run) and ``rows`` (all of config.json)."""
     if not run.config:
-        return {"missing": Missing("config.json is missing: the run never started, or the folder was copied "
+        return {"missing": missing_section("config.json is missing: the run never started, or the folder was copied "
                                    "without it.", "ltpa train --out " + commands(run)["run"] + " ...")}
     c = run.config
     keys = ("model", "model_options", "data", "image_size", "num_classes", "epochs", "batch_size", "lr",
@@ -72,9 +73,11 @@ def _first(env: dict[str, Any], keys: tuple[str, ...]) -> str:
 
 
 def environment_section(run: RunData) -> dict[str, Any]:
+    """``summary`` (device, CPU capability, precision, versions, commit; "not recorded" where the
+    run predates a field), ``rows`` (all of environment.json) and ``resumed`` sessions."""
     env = run.environment
     if not env:
-        return {"missing": Missing("environment.json is missing: the run was not written by `ltpa train` "
+        return {"missing": missing_section("environment.json is missing: the run was not written by `ltpa train` "
                                    "(or the folder was copied without it).")}
     device = env.get("device", "")
     summary = [
@@ -131,11 +134,12 @@ def _why_tested(run: RunData) -> str:
 
 
 def final_section(run: RunData) -> dict[str, Any]:
+    """``rows`` of test metrics and ``why``: which weights were tested and why that epoch."""
     cmd = commands(run)
     if run.final is None:
         last = run.metrics[-1]["epoch"] if run.metrics else 0
         planned = (run.config or {}).get("epochs", "?")
-        return {"missing": Missing(
+        return {"missing": missing_section(
             f"No final_metrics.json: the run is still training or stopped early ({last} of {planned} "
             "epochs recorded). The test set is evaluated once, after the last epoch.",
             f"ltpa train --resume --out {cmd['run']}",
@@ -156,12 +160,14 @@ def final_section(run: RunData) -> dict[str, Any]:
 
 
 def per_class_section(run: RunData, limit_pairs: int = 10) -> dict[str, Any]:
+    """Per-class ``rows`` (lowest accuracy first), the most frequent confusion ``pairs``, and the
+    ``matrix`` with its class ``names`` for the heat map."""
     report = run.test_report
     if not report or not isinstance(report.get("per_class"), list):
         cmd = commands(run)
         why = ("No test_report.json yet: it is written with final_metrics.json after the last epoch."
                if run.final is None else "This run has no test_report.json (an older run folder).")
-        return {"missing": Missing(why, f"ltpa eval {cmd['checkpoint']}")}
+        return {"missing": missing_section(why, f"ltpa eval {cmd['checkpoint']}")}
     classes = [c for c in report["per_class"] if isinstance(c, dict)]
     ranked = sorted(classes, key=lambda c: (c.get("acc1") is None, c.get("acc1") or 0.0))
     rows = [(fmt(c.get("class")), fmt(c.get("samples")), _number(c.get("acc1"), 1, "%")) for c in ranked]
@@ -253,12 +259,13 @@ def sanity_sections(run: RunData) -> list[dict[str, Any]]:
 
 
 def transfer_section(run: RunData) -> dict[str, Any]:
+    """What ``config.init`` loaded: source, patterns, counts per status and the text table."""
     init = (run.config or {}).get("init")
     if run.transfer is None and run.transfer_text is None:
         if init:
-            return {"missing": Missing(f"config init={init!r}, yet transfer_report.json is missing; the run "
+            return {"missing": missing_section(f"config init={init!r}, yet transfer_report.json is missing; the run "
                                        "stopped before its weights were loaded.")}
-        return {"missing": Missing(
+        return {"missing": missing_section(
             "This run was trained from scratch (config init is empty), so nothing was transferred. A "
             "fine-tuned run shows here which tensors it loaded, skipped or re-initialised.",
             f"ltpa train --preset cub-vgg-att2 --init {commands(run)['run']} --data cub:PATH --out RUN2")}
