@@ -143,6 +143,11 @@ def test_run_robustness_never_touches_files_it_did_not_write(two_checkpoints, tm
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "robustness.png").read_bytes() != b"old"
     assert json.loads((out / "robustness.json").read_text())["eps"] == [0.0, 8 / 255]
+    # even a folder holding an earlier result is kept unless --overwrite is given
+    before = (out / "robustness.json").read_bytes()
+    with pytest.raises(ValueError, match="pass --overwrite"):
+        run_robustness(two_checkpoints[:1], out, data=DATA, eps="4/255")
+    assert (out / "robustness.json").read_bytes() == before
 
 
 def test_run_robustness_needs_one_data_set_for_all_checkpoints(tmp_path):
