@@ -170,6 +170,15 @@ def test_existing_files_are_replaced_only_when_a_report_wrote_them(tmp_path):
     assert not (tmp_path / "report.txt").exists()
 
 
+def test_bad_image_counts_are_refused_before_anything_is_written(tmp_path):
+    run = write_fake_run(tmp_path / "run")
+    with pytest.raises(ValueError, match="attention_images must be an int >= 1, got 0"):
+        build_report(run, attention_images=0)
+    with pytest.raises(ValueError, match="attention_pool must be an int >= 8, got 4"):
+        build_report(run, attention_pool=4)
+    assert not (run / REPORT_FILE).exists()
+
+
 def test_folders_that_hold_no_run_are_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         build_report(tmp_path / "nothing")

@@ -176,8 +176,13 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, data: st
 
     Raises:
         FileNotFoundError: ``run_dir`` or the folder of ``out`` does not exist.
-        ValueError: ``run_dir`` is not a run, or ``out`` is not an ``.html`` path that may be written.
+        ValueError: ``run_dir`` is not a run, ``out`` is not an ``.html`` path that may be written,
+            or the image counts are not ints with ``1 <= attention_images <= attention_pool``.
     """
+    for name, value, low in (("attention_images", attention_images, 1),
+                             ("attention_pool", attention_pool, attention_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     run = collect_run(run_dir)
     out = Path(out) if out is not None else run.run_dir / REPORT_FILE
     _check_out(out)  # before the slow part, and again nothing is written on refusal
