@@ -6,6 +6,7 @@ reports and figures.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -23,15 +24,27 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     previous ``path`` is untouched.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder; give the path of a file to write", str(path))
     tmp = write_temp(path, data)
     try:
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
         raise
     fsync_dir(path.parent)
     return path
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` about ``path`` rather than the hidden temporary file, which the user never sees
+    (a full disk otherwise reads ``[Errno 28] No space left on device`` and nothing else)."""
+    if err.errno is None:
+        return err
+    return OSError(err.errno, err.strerror, str(path))
 
 
 def write_temp(path: Path, data: bytes) -> Path:
@@ -42,15 +55,20 @@ def write_temp(path: Path, data: bytes) -> Path:
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     # os.open with mode 0o666 lets the umask decide permissions, as for any other new file
     # (tempfile.mkstemp would force 0o600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    except OSError as err:
+        raise _naming(err, path) from err
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _naming(err, path) from err
         raise
     return tmp
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
 import os
 import sys
 from typing import Sequence
@@ -162,7 +164,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ltpa", description="Learn to Pay Attention: train attention CNNs, see and measure their attention.")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -201,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--data", default=None, help="data spec (default: the run's own)")
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_count(1), default=256)
     p.add_argument("--out", default=None, help="JSON file (default RUN/eval/<checkpoint>_<split>.json)")
     p.set_defaults(func=_cmd_eval)
 
@@ -210,9 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="*", help="image files and/or folders")
     p.add_argument("--data", default=None, help="or a data set: synthetic, cub:PATH, cifar100:PATH, ...")
     p.add_argument("--split", default="test", choices=("test", "train"))
-    p.add_argument("--limit", type=int, default=16, help="with --data: the first N images (default 16)")
+    p.add_argument("--limit", type=_count(1), default=16, help="with --data: the first N images (default 16)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--size", type=int, default=None, help="short side to resize to (default: training size)")
+    p.add_argument("--size", type=_count(1), default=None, help="short side to resize to (default: training size)")
     p.add_argument("--mode", default="mass", choices=("mass", "shared", "per-map"),
                    help="colour scale of the overlays (default mass: raw attention, one scale for all levels)")
     p.add_argument("--cmap", default="jet", help="matplotlib colormap")
@@ -224,19 +226,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data", default=None,
                        help="images with ground truth: synthetic, cub:PATH, masks:PATH (default: the run's data)")
         p.add_argument("--split", default="test", choices=("test", "train"))
-        p.add_argument("--limit", type=int, default=500, help="use the first N images (default 500)")
+        p.add_argument("--limit", type=_count(1), default=500, help="use the first N images (default 500)")
 
     p = sub.add_parser("localise", help="score attention against ground truth, with CAM-family baselines")
     evaluation_options(p)
     p.add_argument("--out", required=True, help="report folder (JSON, CSV, figures)")
     p.add_argument("--methods", nargs="+", default=["attention", "gradcam", "gradcam++", "layercam", "centre", "random"],
                    help="attention gradcam gradcam++ layercam centre random")
-    p.add_argument("--tolerance", type=float, default=0.0, help="pointing-game tolerance in pixels")
+    p.add_argument("--tolerance", type=_non_negative_float, default=0.0, help="pointing-game tolerance in pixels")
     p.add_argument("--gap-checkpoint", default=None,
                    help="a VGG-GAP checkpoint on the same data: adds its CAM as a baseline")
-    p.add_argument("--faithfulness-images", type=int, default=100,
+    p.add_argument("--faithfulness-images", type=_count(0), default=100,
                    help="images for the deletion/insertion curves (0 = skip)")
-    p.add_argument("--steps", type=int, default=16, help="deletion/insertion steps")
+    p.add_argument("--steps", type=_count(1), default=16, help="deletion/insertion steps")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
     p.set_defaults(func=_cmd_localise)
 
@@ -251,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="train VGG-att3 on the built-in synthetic data and score its attention")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=_count(1), default=None)
     p.add_argument("--overwrite", action="store_true", help="replace a previous demo run in --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
@@ -259,10 +261,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _describe(err: Exception) -> str:
-    """One message for the user; OS errors name the path and what the system said."""
-    if isinstance(err, OSError) and err.filename:
-        return f"{err.strerror or err}: {err.filename}"
-    return str(err)
+    """One line for the user; OS errors name the path and what the system said."""
+    if isinstance(err, OSError) and err.strerror:
+        text = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
+        if err.errno in (errno.ENOSPC, errno.EDQUOT) and err.filename:
+            text += " (the disk is full: free some space and run the command again)"
+    elif isinstance(err, OSError) and err.filename:
+        text = f"{err}: {err.filename}"
+    else:
+        text = str(err)
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line, like every other ltpa error (exit status 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(minimum: int):
+    """An argparse type: an integer >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -289,13 +289,22 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         CheckpointError: missing files, not an ltpa checkpoint, sha256 mismatch (corrupt or
             modified file), or an unreadable tensor file.
     """
+    given = Path(path)
+    if given.is_file() and given.suffix not in (".json", ".safetensors"):
+        raise CheckpointError(
+            f"{given} is not an ltpa checkpoint: those are a NAME.json + NAME.safetensors pair "
+            f"written by ltpa train (or its run folder). To use other weights, such as a PyTorch "
+            f".pt/.pth state dict, train from them: ltpa train --init {given} ... (fit with "
+            f"init={str(given)!r}) writes a run whose checkpoints this accepts."
+        )
     json_path, weights_path = _resolve_paths(path)
     if not json_path.exists():
         if weights_path.exists():
             raise CheckpointError(
                 f"{weights_path} has no sidecar {json_path.name}, so it is not a complete ltpa "
                 f"checkpoint (the sidecar is written last: a missing one can also mean the save "
-                f"was interrupted). If it is a plain safetensors state dict, load it with "
+                f"was interrupted). If it is a plain safetensors state dict, train from it with "
+                f"ltpa train --init {weights_path} ..., or load it with "
                 f"safetensors.torch.load_file() and model.load_state_dict()."
             )
         raise CheckpointError(f"no checkpoint at {path}: neither {json_path} nor {weights_path} exists")
@@ -374,7 +383,7 @@ def load_model_state(
     if mismatched:
         raise CheckpointError(
             "checkpoint tensors do not fit the model's shapes (different architecture, width or "
-            "num_classes?):\n  " + "\n  ".join(mismatched)
+            "num_classes?): " + "; ".join(mismatched)
         )
     if strict and (missing or unexpected):
         raise CheckpointError(

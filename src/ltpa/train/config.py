@@ -16,6 +16,7 @@ __all__ = ["TrainConfig", "apply_overrides", "resume_config", "RESUMABLE_CHANGES
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESIZE_MODES = ("resize_crop", "bbox_crop", "squash")
 TEST_WEIGHTS = ("auto", "best", "final")
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 
 
 @dataclass
@@ -153,6 +154,14 @@ class TrainConfig:
         for key in ("momentum", "weight_decay", "warmup_epochs", "grad_clip_norm"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
                 raise bad(key, "a finite number >= 0")
+        # The optimizer multiplies float32 tensors by these: a larger value overflows mid-step.
+        for key in ("lr", "weight_decay", "grad_clip_norm"):
+            if getattr(self, key) > FLOAT32_MAX:
+                raise bad(key, f"a number float32 can hold (<= {FLOAT32_MAX:.3g}); "
+                               f"typical values are lr 0.01-1, weight_decay 5e-4")
+        if self.momentum >= 1:
+            # with momentum >= 1 the velocity never decays: each step adds to all the past ones
+            raise bad("momentum", "a number in [0, 1), usually 0.9")
         if self.num_classes < 2:
             raise bad("num_classes", "an integer >= 2")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -175,10 +184,12 @@ class TrainConfig:
             raise bad("lr_milestones", "strictly increasing epochs >= 1, e.g. (60, 120, 160)")
         if self.lr_milestone_gammas and len(self.lr_milestone_gammas) != len(self.lr_milestones):
             raise bad("lr_milestone_gammas", f"{len(self.lr_milestones)} factors, one per milestone")
+        if any(not (math.isfinite(g) and g > 0) for g in self.lr_milestone_gammas):
+            raise bad("lr_milestone_gammas", "finite factors > 0, e.g. 0.1,0.1")
         for key in ("mean", "std"):
             value = getattr(self, key)
-            if value is not None and len(value) != 3:
-                raise bad(key, "None or 3 per-channel values")
+            if value is not None and (len(value) != 3 or not all(math.isfinite(v) for v in value)):
+                raise bad(key, "None or 3 finite per-channel values")
         if self.std is not None and any(s <= 0 for s in self.std):
             raise bad("std", "values > 0")
         if not isinstance(self.model_options, dict):
@@ -192,7 +203,42 @@ class TrainConfig:
             raise bad("transfer", "() unless init is set (transfer patterns pick what init loads)")
         if self.head_warmup_epochs >= self.epochs:
             raise bad("head_warmup_epochs", f"fewer than epochs={self.epochs}")
+        if self.stuck_tolerance >= math.log(self.num_classes):
+            # |loss - ln K| < ln K holds for every loss in (0, 2 ln K): the check would stop
+            # runs that learn perfectly well
+            raise bad("stuck_tolerance", f"less than ln(num_classes) = {math.log(self.num_classes):.4f} "
+                                         f"(default 0.01), or the run counts as stuck while it learns")
+        peak = self._log_peak_lr()
+        if peak > math.log(FLOAT32_MAX):
+            raise ValueError(
+                f"config: the learning rate would reach about 10^{peak / math.log(10):.0f} (lr={self.lr:g} "
+                f"times the lr_gamma/lr_milestone_gammas and lr_multipliers factors above 1), more than "
+                f"float32 can hold; factors above 1 raise the lr. Fix it with --set lr=... or smaller factors"
+            )
+        try:
+            json.dumps(self.to_dict(), allow_nan=False)
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"config is not plain JSON ({err}); config.json and every checkpoint store it. "
+                f"Use numbers, strings, true/false and lists only (NaN and Infinity are not allowed), "
+                f"e.g. --set model_options.width=0.5"
+            ) from None
         return self
+
+    def _log_peak_lr(self) -> float:
+        """Natural log of the largest lr any parameter group reaches (warm-up only lowers it)."""
+        if self.lr_milestones:
+            gammas = self.lr_milestone_gammas or (self.lr_gamma,) * len(self.lr_milestones)
+            running = peak = 0.0
+            for gamma in gammas:
+                running += math.log(gamma)
+                peak = max(peak, running)
+        elif self.lr_step_epochs > 0:
+            peak = max(0.0, (self.epochs // self.lr_step_epochs) * math.log(self.lr_gamma))
+        else:
+            peak = 0.0
+        multipliers = [m for m in self.lr_multipliers.values() if isinstance(m, (int, float)) and m > 0]
+        return math.log(self.lr) + peak + max([0.0, *(math.log(m) for m in multipliers)])
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
@@ -267,6 +313,11 @@ def _parse_json_or_str(raw: str) -> Any:
         return raw
 
 
+def _no_constant(name: str) -> Any:
+    """``parse_constant`` for json.loads: config.json is strict JSON, so no NaN or Infinity."""
+    raise ValueError(f"{name} is not a finite number")
+
+
 def _parse(key: str, raw: str, tp: Any) -> Any:
     """Parse the command-line string ``raw`` for field ``key`` of type ``tp``."""
     def fail(detail: str = "") -> ValueError:
@@ -314,9 +365,11 @@ def _parse(key: str, raw: str, tp: Any) -> Any:
         return raw
     if tp is dict or origin is dict:
         try:
-            value = json.loads(raw)
+            value = json.loads(raw, parse_constant=_no_constant)
         except json.JSONDecodeError as err:
             raise fail(f" as a JSON object ({err.msg})") from None
+        except ValueError as err:
+            raise fail(f" as a JSON object ({err})") from None
         if not isinstance(value, dict):
             raise fail(" as a JSON object")
         return value
@@ -327,9 +380,13 @@ def _parse(key: str, raw: str, tp: Any) -> Any:
             return ()
         if text.startswith("["):
             try:
-                items = json.loads(text)
+                items = json.loads(text, parse_constant=_no_constant)
             except json.JSONDecodeError as err:
                 raise fail(f" as a JSON list ({err.msg})") from None
+            except ValueError as err:
+                raise fail(f" as a JSON list ({err})") from None
+            if not isinstance(items, list):
+                raise fail(" as a JSON list")
             return tuple(_coerce(key, v, item_tp) for v in items)
         return tuple(_parse(key, part.strip(), item_tp) for part in text.strip("()").split(","))
     raise fail()
@@ -415,8 +472,8 @@ def resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
             differences.append(f"{f.name}: run has {getattr(saved, f.name)!r}, given {getattr(given, f.name)!r}")
     if differences:
         raise ValueError(
-            "cannot resume with a different config:\n  " + "\n  ".join(differences)
-            + f"\nOnly {', '.join(RESUMABLE_CHANGES)} may change on resume. Use the run's own "
+            "cannot resume with a different config (" + "; ".join(differences)
+            + f"). Only {', '.join(RESUMABLE_CHANGES)} may change on resume. Use the run's own "
             "config (TrainConfig.from_dict of its config.json) or start a new run."
         )
     return dataclasses.replace(saved, **{k: getattr(given, k) for k in RESUMABLE_CHANGES})

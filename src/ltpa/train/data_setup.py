@@ -298,9 +298,11 @@ class BatchLoader:
         shard = self._shard_size
         dropped = shard % batch_size if drop_last else 0
         if drop_last and shard < batch_size:
+            per_rank = " per process" if world_size > 1 else ""
             raise ValueError(
-                f"{name}: drop_last with batch_size {batch_size} > {shard} images leaves no "
-                f"batch at all; lower batch_size or set drop_last=false"
+                f"the {name} split has {shard} images{per_rank}, fewer than a batch of {batch_size}, "
+                f"so drop_last=true leaves no batch at all; lower batch_size (--set batch_size=...) "
+                f"or set drop_last=false"
             )
         if dropped and rank == 0:
             logger.info("%s: dropping the last partial batch of %d of %d images each epoch%s "

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from .data_setup import BatchLoader, build_data
 from .distributed import DistInfo, all_reduce_sum, gather_objects
 from .meters import accuracy_ks, topk_correct
 from .precision import Precision, resolve_precision
-from .run_dir import ZCA_FILE
+from .run_dir import CLASSES_FILE, ZCA_FILE
 from .whitening import load_whitening
 
 __all__ = ["evaluate", "Predictions", "predict", "classification_report", "write_report",
@@ -243,7 +244,14 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_spec: str | None = N
     """
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r} (--batch-size)")
+    if out is not None:
+        _check_report_path(Path(out))
     ckpt = load_checkpoint(checkpoint)
+    run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path.parent
+    path = Path(out) if out is not None else run_dir / "eval" / f"{ckpt.path.stem}_{split}.json"
+    _check_report_path(path)
     config = TrainConfig.from_dict(ckpt.config)
     if data_spec is not None and data_spec != config.data:
         config = dataclasses.replace(config, data=data_spec, subset_test=0)
@@ -255,20 +263,60 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_spec: str | None = N
     if data.num_classes != config.num_classes:
         raise ValueError(f"data {config.data!r} has {data.num_classes} classes but the checkpoint's "
                          f"model predicts {config.num_classes}; evaluate on data with the same classes")
-    run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path.parent
     whiten = None
     if config.zca:
         whiten = load_whitening(run_dir / ZCA_FILE, device=numerics.device)
     images = {"test": data.test_images, "val": data.val_images, "train": data.train_images}[split]
     targets = {"test": data.test_targets, "val": data.val_targets, "train": data.train_targets}[split]
+    if len(targets) == 0:
+        raise ValueError(f"the {split} split of {config.data!r} is empty ({data.describe()}, "
+                         f"val_fraction={config.val_fraction}); choose another split")
+    warnings = _class_name_warnings(run_dir, config.data, data.class_names)
     loader = BatchLoader(images, targets, batch_size=batch_size, mean=config.mean,
                          std=config.std, device=numerics.device,
                          memory_format=numerics.memory_format, whiten=whiten, name=split)
     report = classification_report(predict(model, loader, numerics), data.class_names)
-    path = Path(out) if out is not None else run_dir / "eval" / f"{ckpt.path.stem}_{split}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(ckpt.path), "epoch": ckpt.epoch, "model": config.model,
-              "data": config.data, "split": split, **report, "path": str(path)}
+              "data": config.data, "split": split, **report, "warnings": warnings, "path": str(path)}
     atomic_write_json(path, report)
     logger.info("%s on %s/%s: %s", ckpt.path.name, config.data, split, format_report(report))
     return report
+
+
+def _check_report_path(path: Path) -> None:
+    """Refuse, before any work, a report path that cannot be written as a file."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a JSON file path such as {path / 'eval.json'} (--out)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"cannot write {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(f"cannot write {path}: {parent} is not writable (read-only folder "
+                                 f"or file system); choose another --out")
+            return
+
+
+def _class_name_warnings(run_dir: Path, data: str, class_names: tuple[str, ...]) -> list[str]:
+    """A warning (logged and returned) when the run's classes.json names other classes than
+    the data: the numbers would pair class k of the model with class k of the data."""
+    trained_path = run_dir / CLASSES_FILE
+    if not trained_path.is_file():
+        return []
+    try:
+        trained = [str(name) for name in json.loads(trained_path.read_text(encoding="utf-8"))]
+    except (OSError, ValueError, TypeError):
+        return [f"could not read the run's class names from {trained_path}; the data's class "
+                f"names could not be checked"]
+    if list(trained) == list(class_names):
+        return []
+    differing = [k for k, (a, b) in enumerate(zip(trained, class_names)) if a != b]
+    pairs = ", ".join(f"{trained[k]!r} vs {class_names[k]!r}" for k in differing[:3])
+    message = (f"the model was trained on other classes than {data!r} has: {len(differing)} of "
+               f"{len(class_names)} names differ by index (model vs data: {pairs}"
+               f"{', ...' if len(differing) > 3 else ''}; model classes from {trained_path}). "
+               f"Accuracy pairs class k of the model with class k of the data, so it is only "
+               f"meaningful if they are the same classes")
+    logger.warning("%s", message)
+    return [message]

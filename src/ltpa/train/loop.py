@@ -8,38 +8,33 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .._files import atomic_write_bytes, atomic_write_json
-from .checkpoint import (latest_checkpoint, load_checkpoint,
-                         load_model_state, prune_checkpoints, save_checkpoint)
-from .config import TrainConfig, resume_config
-from .data_setup import DROPOUT_STREAM, BatchLoader, build_data, channel_mean_std, derive_seed
-from .distributed import (DistInfo, all_reduce_sum, barrier, broadcast_buffers, distributed,
-                          read_dist_env)
-from .evaluation import build_model, classification_report, evaluate, predict, write_report
-from .meters import append_jsonl, read_jsonl, topk_correct
+from .checkpoint import latest_checkpoint, load_checkpoint, load_model_state, prune_checkpoints, save_checkpoint
+from .config import TrainConfig
+from .data_setup import DROPOUT_STREAM, BatchLoader, derive_seed
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, distributed, read_dist_env
+from .evaluation import classification_report, evaluate, predict, write_report
+from .meters import append_jsonl, topk_correct
 from .plots import plot_curves
-from .precision import Precision, algorithm_settings, resolve_precision
-from .run_dir import (CHECKPOINT_DIR, ZCA_FILE, check_out_dir, remove_run_files,
-                      remove_stale_temporaries, run_logging)
-from .run_setup import (head_only, load_transfer_source, log_scalars, make_lr_lambda, param_groups, tensorboard,
-                        transfer_init, wrap, write_run_files)
-from .whitening import as_batch_function, fit_whitening, load_whitening
+from .precision import Precision, algorithm_settings
+from .run_dir import CHECKPOINT_DIR, remove_run_files, remove_stale_temporaries, run_logging
+from .run_plan import RunPlan, plan_run
+from .run_setup import head_only, log_scalars, make_lr_lambda, tensorboard, wrap, write_run_files
 
 __all__ = ["TrainingDiverged", "RunResult", "train_one_epoch", "evaluate", "fit", "make_lr_lambda"]
 
@@ -88,10 +83,32 @@ class RunResult:
 # ----------------------------------------------------------------------------- one epoch
 
 
+def _unusual_settings(config: TrainConfig) -> list[str]:
+    """Settings far from the usual recipes that can make a run blow up or stall."""
+    found = []
+    if config.lr > 1.0:
+        found.append(f"lr={config.lr:g} (the paper's recipes use 0.1-1)")
+    if config.momentum > 0.95:
+        found.append(f"momentum={config.momentum:g} (usually 0.9; near 1 every step adds up "
+                     f"all the earlier ones, try --set momentum=0.9)")
+    if config.weight_decay > 0.01:
+        found.append(f"weight_decay={config.weight_decay:g} (usually 5e-4)")
+    if config.lr_gamma > 1 or any(g > 1 for g in config.lr_milestone_gammas):
+        found.append("an lr_gamma/lr_milestone_gammas above 1, which raises the lr at each step")
+    found += [f"lr_multipliers {pattern!r}: {factor:g} (raises that group's lr)"
+              for pattern, factor in config.lr_multipliers.items() if factor > 1]
+    if config.std is not None and min(config.std) < 0.02:
+        found.append(f"std={tuple(config.std)} (tiny values blow the inputs up; usually about 0.25)")
+    return found
+
+
 def _hints(config: TrainConfig | None) -> str:
+    unusual = _unusual_settings(config) if config is not None else []
+    first = ("Unusual settings that can cause this: " + "; ".join(unusual) + ". Otherwise: "
+             if unusual else "Things to try: ")
     lr = f" (now {config.lr:g})" if config is not None else ""
-    return (
-        f"Things to try: lower the learning rate{lr}, e.g. --set lr=0.01; for softmax-attention "
+    return first + (
+        f"lower the learning rate{lr}, e.g. --set lr=0.01; for softmax-attention "
         "models trained with the official lr=1.0 recipe, enable the gradient averaging of the "
         "original code (--set model_options.grad_average=true) or use lr=0.1; add warm-up "
         "(--set warmup_epochs=1) or gradient clipping (--set grad_clip_norm=5); check the input "
@@ -105,9 +122,13 @@ def _accumulate(model: nn.Module, images: Tensor, targets: Tensor, precision: Pr
     the whole batch (each chunk's mean loss weighted by its share). Under DDP the gradients are
     all-reduced once, after the last chunk. BatchNorm sees each chunk as its own batch.
 
+    Chunk sizes differ by one image at most, and a short batch (the last of an epoch) gets
+    fewer chunks so that none holds a single image, which BatchNorm cannot train on.
+
     Returns the batch's logits (B, K) and mean loss, detached.
     """
-    chunks = list(zip(images.chunk(micro_batches), targets.chunk(micro_batches)))
+    parts = max(1, min(micro_batches, len(targets) // 2))
+    chunks = list(zip(images.tensor_split(parts), targets.tensor_split(parts)))
     logits_parts, loss_total = [], torch.zeros((), device=images.device)
     for index, (chunk_images, chunk_targets) in enumerate(chunks):
         last = index == len(chunks) - 1
@@ -256,48 +277,29 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False
 
 def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, overwrite: bool,
          progress: bool) -> RunResult:
-    main = dist.is_main
-    # Everything that can reject the request runs, on every rank, before the folder is touched.
-    action = check_out_dir(out_dir, resume=resume, overwrite=overwrite)
+    # Every check that can reject the request runs, on every rank, before the folder is touched.
+    plan = plan_run(config, out_dir, dist, resume=resume, overwrite=overwrite)
     barrier(dist)
-    if resume:
-        saved = TrainConfig.from_dict(json.loads((out_dir / "config.json").read_text(encoding="utf-8")))
-        config = resume_config(saved, config).validate()
-    precision = resolve_precision(config.precision, config.channels_last,
-                                  str(dist.device) if dist.enabled else config.device)
-    if not resume:
-        torch.manual_seed(config.seed)
-        random.seed(config.seed + dist.rank)
-        np.random.seed((config.seed + dist.rank) % 2**32)
-    model = build_model(config)
-    data = build_data(config)
-    if data.num_classes != config.num_classes:
-        raise ValueError(f"{config.data} has {data.num_classes} classes but num_classes={config.num_classes}; "
-                         f"pass --set num_classes={data.num_classes}")
-    if config.mean is None or config.std is None:
-        mean, std = channel_mean_std(data.train_images)
-        config = dataclasses.replace(config, mean=config.mean or mean, std=config.std or std)
-    zca = whiten = None
-    if config.zca and resume:
-        whiten = load_whitening(out_dir / ZCA_FILE, device=precision.device)
-    elif config.zca:
-        zca = fit_whitening(data.train_images, epsilon=config.zca_epsilon)  # train split only
-        whiten = as_batch_function(zca, precision.device)
-    source = None if resume else load_transfer_source(config, model)
-    resume_from = load_checkpoint(latest_checkpoint(out_dir / CHECKPOINT_DIR)) if resume else None
-    if resume_from is not None and resume_from.epoch > config.epochs:
-        raise ValueError(f"cannot resume {out_dir} at epoch {resume_from.epoch} with epochs="
-                         f"{config.epochs}; epochs may only stay or grow on resume")
+    try:
+        return _train(plan, dist, progress=progress)
+    except OSError as err:
+        if err.errno not in _DISK_FULL:
+            raise
+        raise _disk_full(err, out_dir, latest_checkpoint(out_dir / CHECKPOINT_DIR)) from err
 
+
+def _train(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
+    config, out_dir, precision, model = plan.config, plan.out_dir, plan.precision, plan.model
+    resume, main = plan.action == "resume", dist.is_main
     stale: list[Path] = []
     if main:
-        if action == "overwrite":
+        if plan.action == "overwrite":
             remove_run_files(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         stale = remove_stale_temporaries(out_dir) if resume else []
     barrier(dist)
     ckpt_dir = out_dir / CHECKPOINT_DIR
-    log_to_file = run_logging(out_dir) if main else contextlib.nullcontext()
+    log_to_file = run_logging(out_dir, plan.log_records) if main else contextlib.nullcontext()
     say = logger.info if main else _quiet
     with log_to_file, algorithm_settings(config.deterministic, precision.device, config.cpu_threads):
         say("%s run in %s (%s, %d process(es))", "resuming" if resume else "starting", out_dir,
@@ -305,70 +307,40 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
         if main and stale:
             logger.warning("removed %d temporary file(s) left by an interrupted write: %s",
                            len(stale), ", ".join(p.name for p in stale))
-        if action == "overwrite":
+        if plan.action == "overwrite":
             say("overwrite=True: removed the previous run's files in %s", out_dir)
-        elif action == "beside" and main:
+        elif plan.action == "beside" and main:
             logger.warning("writing the run into non-empty folder %s; its other files are left "
                            "as they are", out_dir)
-        say("data: %s", data.describe())
+        say("data: %s", plan.data.describe())
         say("config: %s", json.dumps(config.to_dict(), sort_keys=True))
         if main:
-            write_run_files(out_dir, config, precision, dist, resume=resume, zca=zca,
-                            class_names=tuple(data.class_names))
-
-        model.to(precision.device, memory_format=precision.memory_format)
+            write_run_files(out_dir, config, precision, dist, zca=plan.zca,
+                            class_names=tuple(plan.data.class_names),
+                            previous_environment=plan.previous_environment,
+                            transfer_report=plan.transfer_report)
         say("model %s: %.3f M parameters", config.model,
             sum(p.numel() for p in model.parameters()) / 1e6)
-        if source is not None:  # on resume the checkpoint holds the weights
-            transfer_init(model, source, config, out_dir, main, say)
-        groups = param_groups(model, config)
-        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        if plan.transfer_report is not None:
+            say("initialised from %s:\n%s", config.init, plan.transfer_report.format())
+        if plan.resumed is not None:
+            say("resumed from %s: epoch %d, step %d", plan.resumed.path, plan.start_epoch, plan.step)
 
-        common = dict(mean=config.mean, std=config.std, device=precision.device,
-                      memory_format=precision.memory_format, whiten=whiten,
-                      rank=dist.rank, world_size=dist.world_size)
-        train_loader = BatchLoader(
-            data.train_images, data.train_targets, batch_size=config.batch_size // dist.world_size,
-            shuffle=True, drop_last=config.drop_last, augment=True, hflip=config.hflip,
-            crop_padding=config.crop_padding, seed=config.seed,
-            limit_batches=config.limit_train_batches, name="train", **common)
-        val_loader = BatchLoader(data.val_images, data.val_targets, batch_size=config.eval_batch_size,
-                                 name="val", **common)
-        test_loader = BatchLoader(data.test_images, data.test_targets,
-                                  batch_size=config.eval_batch_size, name="test", **common)
-        has_val = len(data.val_targets) > 0
-
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, dampening=config.dampening,
-                                    weight_decay=config.weight_decay, nesterov=config.nesterov)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, make_lr_lambda(config, len(train_loader)))
-        scaler = precision.grad_scaler()
-
-        start_epoch, step = 0, 0
-        best_acc, best_epoch = -math.inf, 0
-        if resume_from is not None:
-            ckpt = resume_from
-            load_model_state(model, ckpt)
-            saved_scaler = ckpt.states.get("scaler")
-            ckpt.restore_training_state(optimizer, scheduler,
-                                        scaler if scaler.is_enabled() and saved_scaler else None)
-            ckpt.restore_rng()
-            start_epoch, step = ckpt.epoch, ckpt.step
-            if ckpt.metrics.get("best_val_acc1") is not None:
-                best_acc = ckpt.metrics["best_val_acc1"]
-            best_epoch = ckpt.metrics.get("best_epoch", 0)
-            say("resumed from %s: epoch %d, step %d", ckpt.path, start_epoch, step)
-
+        train_loader, val_loader, test_loader = plan.train_loader, plan.val_loader, plan.test_loader
+        optimizer, scheduler, scaler = plan.optimizer, plan.scheduler, plan.scaler
+        has_val = len(plan.data.val_targets) > 0
+        start_epoch, step = plan.start_epoch, plan.step
+        best_acc, best_epoch = plan.best_acc, plan.best_epoch
         train_model, eval_model = wrap(model, config, dist)
         metrics_path = out_dir / "metrics.jsonl"
-        records = read_jsonl(metrics_path, up_to_epoch=start_epoch)
+        records = list(plan.records)
         if resume and main:  # drop lines of epochs after the checkpoint (killed between writes)
             atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in records).encode())
         writer = tensorboard(out_dir, config, main, purge_step=start_epoch + 1 if resume else None)
         try:
             for epoch in range(start_epoch + 1, config.epochs + 1):
                 torch.manual_seed(derive_seed(config.seed, epoch, DROPOUT_STREAM + dist.rank))
-                head_only(model, trainable, epoch <= config.head_warmup_epochs)
+                head_only(model, plan.trainable, epoch <= config.head_warmup_epochs)
                 train_loader.set_epoch(epoch)
                 lr = optimizer.param_groups[0]["lr"]  # at the epoch's first step
                 train = train_one_epoch(train_model, train_loader, optimizer, scheduler, scaler,
@@ -409,11 +381,31 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
                 _check_stuck(config, epoch, train["loss"])
             barrier(dist)  # the checkpoints rank 0 wrote are complete
             return _final_test(config, out_dir, model, eval_model, test_loader, precision,
-                               records, data.class_names, dist, has_val=has_val,
+                               records, plan.data.class_names, dist, has_val=has_val,
                                best_epoch=best_epoch)
         finally:
             if writer is not None:
                 writer.close()
+
+
+# A write that failed for lack of space: the run can continue once there is room again.
+_DISK_FULL = {errno.ENOSPC: ("the disk is full", "free some space"),
+              errno.EDQUOT: ("the disk quota is used up", "free some space"),
+              errno.EFBIG: ("the file would exceed this system's file size limit",
+                            "raise the limit (ulimit -f)")}
+
+
+def _disk_full(err: OSError, out_dir: Path, latest: Path | None) -> OSError:
+    where = err.filename or f"into {out_dir}"
+    reason, remedy = _DISK_FULL[err.errno]
+    if latest is not None:
+        how = (f"{remedy}, then continue from the last complete checkpoint ({latest.stem}) with "
+               f"resume=True (ltpa train --out {out_dir} --resume)")
+    else:
+        how = (f"no epoch checkpoint was completed, so {remedy} and start again with "
+               f"overwrite=True (ltpa train ... --out {out_dir} --overwrite)")
+    return OSError(err.errno, f"cannot write {where}: {reason} ({err.strerror}). Files are written "
+                              f"whole or not at all: {how}")
 
 
 def _quiet(*_args: Any) -> None:

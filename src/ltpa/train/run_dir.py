@@ -21,13 +21,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Iterator
+import os
+import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from .checkpoint import latest_checkpoint
 
 __all__ = ["RUN_FORMAT", "CHECKPOINT_DIR", "TENSORBOARD_DIR", "RUN_FILES", "ZCA_FILE", "is_run",
-           "remove_run_files", "remove_stale_temporaries", "check_out_dir", "run_logging"]
+           "remove_run_files", "remove_stale_temporaries", "check_out_dir", "run_logging",
+           "collect_log_records"]
 
 RUN_FORMAT = "ltpa-run"
 CHECKPOINT_DIR = "checkpoints"
@@ -79,8 +82,16 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> str:
         raise ValueError("resume=True and overwrite=True contradict each other; choose one")
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output path {out_dir} exists and is not a folder; choose another path")
+    _check_writable(out_dir)
     contents = sorted(p.name for p in out_dir.iterdir()) if out_dir.exists() else []
     if resume:
+        environment = out_dir / "environment.json"
+        if environment.is_file() and not is_run(out_dir):
+            raise ValueError(
+                f"cannot resume: {environment} is not the environment.json of an ltpa run (invalid "
+                f"JSON, or no \"format\": \"{RUN_FORMAT}\"); restore it from a copy of the run, or "
+                f"start a new run with overwrite=True (--overwrite)"
+            )
         if not is_run(out_dir):
             raise ValueError(
                 f"cannot resume: {out_dir} does not hold an ltpa run (no environment.json of one). "
@@ -112,12 +123,59 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> str:
     return "beside"
 
 
+def _check_writable(out_dir: Path) -> None:
+    """The run folder, or the nearest folder above it that exists, must be writable."""
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"cannot create the run folder {out_dir}: {existing} is a file, not a folder; "
+                         f"choose another path")
+    # access() also says no on a read-only file system, where root could otherwise write
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write the run folder {out_dir}: {existing} is not writable (read-only "
+                         f"folder or file system); choose a folder you can write to")
+
+
+class _RunLogHandler(logging.FileHandler):
+    """train.log. A failed write (disk full) is raised, so the run stops with one clear
+    message instead of printing a traceback for every log line that follows."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            raise err
+        super().handleError(record)
+
+
 @contextlib.contextmanager
-def run_logging(out_dir: Path) -> Iterator[None]:
-    """Copy the "ltpa" logger's INFO messages into ``out_dir/train.log`` for the run."""
+def collect_log_records() -> Iterator[list[logging.LogRecord]]:
+    """Keep the "ltpa" logger's INFO (and higher) records of a block, e.g. the checks made
+    before a run folder exists, so that :func:`run_logging` can put them in ``train.log``."""
     root = logging.getLogger("ltpa")
-    handler = logging.FileHandler(out_dir / "train.log", encoding="utf-8")
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    old_level = root.level
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield records
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+@contextlib.contextmanager
+def run_logging(out_dir: Path, earlier: Sequence[logging.LogRecord] = ()) -> Iterator[None]:
+    """Copy the "ltpa" logger's INFO messages into ``out_dir/train.log`` for the run, after
+    the ``earlier`` records (from :func:`collect_log_records`)."""
+    root = logging.getLogger("ltpa")
+    handler = _RunLogHandler(out_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    for record in earlier:
+        handler.handle(record)
     old_level = root.level
     if root.getEffectiveLevel() > logging.INFO:
         root.setLevel(logging.INFO)

@@ -2,7 +2,6 @@
 head warm-up, the DDP / torch.compile wrappers, TensorBoard, and the lr schedule."""
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -23,19 +22,25 @@ __all__ = ["write_run_files", "load_transfer_source", "transfer_init", "param_gr
 
 
 def write_run_files(out_dir: Path, config: TrainConfig, precision: Precision, dist: DistInfo, *,
-                     resume: bool, zca: Any, class_names: tuple[str, ...] = ()) -> None:
+                    zca: Any, class_names: tuple[str, ...] = (),
+                    previous_environment: dict[str, Any] | None = None, transfer_report=None) -> None:
+    """Write the run's records: config, classes, environment (``previous_environment``, read
+    on resume, gets this session appended), the fitted ZCA and the transfer report."""
     atomic_write_json(out_dir / "config.json", config.to_dict())
     if class_names:  # so that `ltpa attend` and friends can name predictions
         atomic_write_json(out_dir / CLASSES_FILE, list(class_names))
     environment = {**describe_environment(precision), "world_size": dist.world_size}
-    if resume:
-        previous = json.loads((out_dir / "environment.json").read_text(encoding="utf-8"))
-        previous.setdefault("resumed", []).append(environment)
+    if previous_environment is not None:
+        previous = dict(previous_environment)
+        previous["resumed"] = [*previous.get("resumed", []), environment]
         atomic_write_json(out_dir / "environment.json", previous)
     else:
         atomic_write_json(out_dir / "environment.json", {"format": RUN_FORMAT, **environment})
     if zca is not None:
         save_whitening(zca, out_dir / ZCA_FILE)
+    if transfer_report is not None:
+        atomic_write_json(out_dir / "transfer_report.json", transfer_report.to_dict())
+        atomic_write_bytes(out_dir / "transfer_report.txt", (transfer_report.format() + "\n").encode("utf-8"))
 
 
 def load_transfer_source(config: TrainConfig, model: nn.Module):
@@ -48,18 +53,12 @@ def load_transfer_source(config: TrainConfig, model: nn.Module):
     return load_source_state(config.init, model_hint=model)
 
 
-def transfer_init(model: nn.Module, state, config: TrainConfig, out_dir: Path, main: bool,
-                  say: Callable[..., None]) -> None:
+def transfer_init(model: nn.Module, state, config: TrainConfig):
     """Load ``state`` (from :func:`load_transfer_source`) into ``model`` by the ``transfer``
-    patterns; report every tensor."""
+    patterns. Returns the ``TransferReport`` (every tensor), for :func:`write_run_files`."""
     from ltpa.transfer import transfer_weights
 
-    report = transfer_weights(model, state, list(config.transfer) or ["all-but-head"])
-    if main:
-        atomic_write_json(out_dir / "transfer_report.json", report.to_dict())
-        text = report.format()
-        atomic_write_bytes(out_dir / "transfer_report.txt", (text + "\n").encode("utf-8"))
-        say("initialised from %s:\n%s", config.init, text)
+    return transfer_weights(model, state, list(config.transfer) or ["all-but-head"])
 
 
 def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:

@@ -57,6 +57,7 @@ _SAOYAN_ATTN = re.compile(r"^attn([123])\.op\.weight$")
 _LTPA_ATTENTION = re.compile(r"^attention\.(\d+)\.(.+)$")
 # Modules numbered by position in ``model.levels`` (one per attended level).
 _LTPA_PER_LEVEL = re.compile(r"^(attention|head\.norms|head\.classifiers)\.(\d+)\.(.+)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # torch's messages embed terminal bold codes
 _SAOYAN_LEVELS = (7, 10, 13)  # attn1 attends conv_block3 (conv7), attn2 conv10, attn3 conv13
 _BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 SAOYAN_NOTES = (
@@ -383,6 +384,16 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
 
 
 def _read_torch(path: Path) -> dict[str, Tensor]:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    # torch.save writes a zip archive (PK\x03\x04); files of torch < 1.6 start with a pickle
+    # protocol opcode (0x80). Anything else (text, an image, a truncated download) is not one.
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise CheckpointError(
+            f"{path} is not a PyTorch file (it starts with {head!r}, neither a torch.save zip "
+            f"archive nor a pickle); expected an ltpa checkpoint (name.json + name.safetensors, or "
+            f"a run folder), a .safetensors file or a .pt/.pth state dict saved with torch.save"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -391,10 +402,12 @@ def _read_torch(path: Path) -> dict[str, Tensor]:
             f"objects beyond tensors and plain containers (e.g. a whole model or custom classes), "
             f"and ltpa never unpickles arbitrary objects because that can run code. Re-save only "
             f"the weights with torch.save(model.state_dict(), path) where the file came from. "
-            f"(torch said: {str(err).splitlines()[0]})"
+            f"(torch said: {_ANSI.sub('', str(err).splitlines()[0]).strip()})"
         ) from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch file: {err}") from err
+    except Exception as err:  # noqa: BLE001 - a damaged file can fail inside the unpickler in any way
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path} is not a readable PyTorch file (damaged or cut short?): "
+                              f"{reason}") from err
     return _extract_state(obj, path)
 
 

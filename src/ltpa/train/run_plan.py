@@ -1,0 +1,262 @@
+"""Every check a training run must pass, done before its folder is touched.
+
+:func:`plan_run` builds the whole run in memory (config, data, model with its transferred and
+frozen weights, loaders, optimizer, the resumed state) and raises on anything that would
+reject it. ``fit`` then only writes and trains, so a refused request (bad value, bad pattern, a
+batch larger than the data set, a corrupt run file) leaves the folder exactly as it was, and
+``overwrite=True`` deletes nothing until the new run is known to start.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, load_model_state
+from .config import TrainConfig, resume_config
+from .data_setup import BatchLoader, DataSplits, build_data, channel_mean_std
+from .distributed import DistInfo
+from .evaluation import build_model
+from .precision import Precision, resolve_precision
+from .run_dir import CHECKPOINT_DIR, ZCA_FILE, check_out_dir, collect_log_records
+from .run_setup import load_transfer_source, make_lr_lambda, param_groups, transfer_init
+from .whitening import as_batch_function, fit_whitening, load_whitening
+
+__all__ = ["RunPlan", "plan_run"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunPlan:
+    """What :func:`plan_run` decided and built; nothing of it is on disk yet.
+
+    Attributes:
+        config: the resolved config (the run's own on resume; mean/std filled in).
+        out_dir: the run folder; action: ``"new"``, ``"resume"``, ``"overwrite"`` or
+            ``"beside"`` (see :func:`~ltpa.train.run_dir.check_out_dir`).
+        precision: device and numerics.
+        data: the splits; model: on the device, ``config.init`` loaded, ``freeze`` applied.
+        zca: the whitening fitted on the train split, to save (None on resume or without ZCA);
+            whiten: the batch function the loaders apply (None without ZCA).
+        transfer_report: what ``config.init`` loaded, to save (None without init or on resume).
+        trainable: names of the parameters SGD trains.
+        train_loader, val_loader, test_loader: batches ready for the model.
+        optimizer, scheduler, scaler: holding the checkpoint's states on resume.
+        resumed: the checkpoint a resumed run continues from, else None.
+        start_epoch, step, best_acc, best_epoch: where training continues.
+        records: the ``metrics.jsonl`` records up to ``start_epoch``.
+        previous_environment: the run's ``environment.json`` on resume.
+        log_records: log records of the planning, for ``train.log``.
+    """
+
+    config: TrainConfig
+    out_dir: Path
+    action: str
+    precision: Precision
+    data: DataSplits
+    model: nn.Module
+    zca: Any
+    whiten: Any
+    transfer_report: Any
+    trainable: set[str]
+    train_loader: BatchLoader
+    val_loader: BatchLoader
+    test_loader: BatchLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    resumed: Checkpoint | None = None
+    start_epoch: int = 0
+    step: int = 0
+    best_acc: float = float("-inf")
+    best_epoch: int = 0
+    records: list[dict[str, Any]] = field(default_factory=list)
+    previous_environment: dict[str, Any] | None = None
+    log_records: list[logging.LogRecord] = field(default_factory=list, repr=False)
+
+
+def plan_run(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool,
+             overwrite: bool) -> RunPlan:
+    """Check a training request and build everything the run needs, writing nothing.
+
+    Runs on every rank. Seeds torch, numpy and ``random`` from ``config.seed`` for a new run;
+    on resume the checkpoint's RNG states are restored last.
+
+    Raises:
+        ValueError: anything that would stop the run before its first step: the folder (see
+            ``check_out_dir``), an unreadable run file on resume, a config that differs from the
+            run's, data with another number of classes or an empty split, a bad transfer or
+            freeze pattern, a batch larger than the training set, micro-batches BatchNorm cannot
+            train on, a checkpoint whose states do not fit.
+        FileNotFoundError: a missing ``init`` source.
+    """
+    with collect_log_records() as records:
+        plan = _plan(config, out_dir, dist, resume=resume, overwrite=overwrite)
+    plan.log_records = records
+    return plan
+
+
+def _plan(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, overwrite: bool) -> RunPlan:
+    action = check_out_dir(out_dir, resume=resume, overwrite=overwrite)
+    previous_environment = None
+    if resume:
+        config_path = out_dir / "config.json"
+        saved_dict = _read_json(config_path)
+        try:
+            saved = TrainConfig.from_dict(saved_dict)
+        except ValueError as err:
+            raise ValueError(f"{config_path}: {err}") from None
+        config = resume_config(saved, config).validate()
+        previous_environment = _read_json(out_dir / "environment.json")
+    _check_tensorboard(config)
+    precision = resolve_precision(config.precision, config.channels_last,
+                                  str(dist.device) if dist.enabled else config.device)
+    if not resume:
+        torch.manual_seed(config.seed)
+        random.seed(config.seed + dist.rank)
+        np.random.seed((config.seed + dist.rank) % 2**32)
+    model = build_model(config)
+    data = build_data(config)
+    _check_data(config, data)
+    if config.mean is None or config.std is None:
+        mean, std = channel_mean_std(data.train_images)
+        config = dataclasses.replace(config, mean=config.mean or mean, std=config.std or std)
+    zca = whiten = None
+    if config.zca and resume:
+        whiten = load_whitening(out_dir / ZCA_FILE, device=precision.device)
+    elif config.zca:
+        zca = fit_whitening(data.train_images, epsilon=config.zca_epsilon)  # train split only
+        whiten = as_batch_function(zca, precision.device)
+    source = None if resume else load_transfer_source(config, model)
+    resumed = load_checkpoint(latest_checkpoint(out_dir / CHECKPOINT_DIR)) if resume else None
+    if resumed is not None and resumed.epoch > config.epochs:
+        raise ValueError(f"cannot resume {out_dir} at epoch {resumed.epoch} with epochs="
+                         f"{config.epochs}; epochs may only stay or grow on resume")
+
+    model.to(precision.device, memory_format=precision.memory_format)
+    transfer_report = transfer_init(model, source, config) if source is not None else None
+    groups = param_groups(model, config)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+
+    common = dict(mean=config.mean, std=config.std, device=precision.device,
+                  memory_format=precision.memory_format, whiten=whiten,
+                  rank=dist.rank, world_size=dist.world_size)
+    train_loader = BatchLoader(
+        data.train_images, data.train_targets, batch_size=config.batch_size // dist.world_size,
+        shuffle=True, drop_last=config.drop_last, augment=True, hflip=config.hflip,
+        crop_padding=config.crop_padding, seed=config.seed,
+        limit_batches=config.limit_train_batches, name="train", **common)
+    val_loader = BatchLoader(data.val_images, data.val_targets, batch_size=config.eval_batch_size,
+                             name="val", **common)
+    test_loader = BatchLoader(data.test_images, data.test_targets,
+                              batch_size=config.eval_batch_size, name="test", **common)
+    _check_micro_batches(config, model, train_loader, dist)
+
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, dampening=config.dampening,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(config, len(train_loader)))
+    scaler = precision.grad_scaler()
+    plan = RunPlan(config=config, out_dir=out_dir, action=action, precision=precision, data=data,
+                   model=model, zca=zca, whiten=whiten, transfer_report=transfer_report,
+                   trainable=trainable, train_loader=train_loader, val_loader=val_loader,
+                   test_loader=test_loader, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                   previous_environment=previous_environment)
+    if resumed is not None:
+        load_model_state(model, resumed)
+        saved_scaler = resumed.states.get("scaler")
+        resumed.restore_training_state(optimizer, scheduler,
+                                       scaler if scaler.is_enabled() and saved_scaler else None)
+        plan.records = _read_metrics(out_dir / "metrics.jsonl", up_to_epoch=resumed.epoch)
+        resumed.restore_rng()  # last: nothing after it may draw random numbers before training
+        plan.resumed, plan.start_epoch, plan.step = resumed, resumed.epoch, resumed.step
+        if resumed.metrics.get("best_val_acc1") is not None:
+            plan.best_acc = resumed.metrics["best_val_acc1"]
+        plan.best_epoch = resumed.metrics.get("best_epoch", 0)
+    return plan
+
+
+def _read_json(path: Path) -> Any:
+    """A run file, or a ValueError that names it and says how to recover."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing, so the run cannot be resumed; restore it from a copy "
+                         f"of the run, or start a new run (overwrite=True, --overwrite)") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}), so the run cannot be resumed; restore "
+                         f"the file from a copy of the run, or start a new run (overwrite=True, "
+                         f"--overwrite)") from None
+
+
+def _read_metrics(path: Path, *, up_to_epoch: int) -> list[dict[str, Any]]:
+    """The ``metrics.jsonl`` records of epochs up to ``up_to_epoch``. A last line cut short (the
+    disk filled up while it was appended) belongs to an epoch after the checkpoint and is dropped."""
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                logger.warning("%s: dropped its last line, cut short by an interrupted write", path)
+                break
+            raise ValueError(f"{path} line {number} is not valid JSON ({err}); delete that line (the "
+                             f"checkpoints hold the training state) and resume again") from None
+        if isinstance(record, dict) and record.get("epoch", 0) <= up_to_epoch:
+            records.append(record)
+    return records
+
+
+def _check_tensorboard(config: TrainConfig) -> None:
+    if not config.tensorboard:
+        return
+    try:
+        importlib.import_module("torch.utils.tensorboard")
+    except ImportError as err:
+        raise ValueError(f"tensorboard=true needs the tensorboard package ({err}); install it "
+                         f"(pip install tensorboard) or pass --set tensorboard=false") from err
+
+
+def _check_data(config: TrainConfig, data: DataSplits) -> None:
+    if data.num_classes != config.num_classes:
+        raise ValueError(f"{config.data} has {data.num_classes} classes but num_classes={config.num_classes}; "
+                         f"pass --set num_classes={data.num_classes}")
+    for split, targets in (("train", data.train_targets), ("test", data.test_targets)):
+        if len(targets) == 0:
+            raise ValueError(f"data {config.data!r}: the {split} split is empty after subset_{split}/"
+                             f"val_fraction ({data.describe()}); give it images or change those settings")
+
+
+def _check_micro_batches(config: TrainConfig, model: nn.Module, loader: BatchLoader, dist: DistInfo) -> None:
+    """BatchNorm cannot train on one image (one value per channel), so every micro-batch needs
+    two: a full batch split ``accumulate_steps`` ways, and the last batch of an epoch."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    per_rank = config.batch_size // dist.world_size
+    ranks = f" per process ({dist.world_size} processes)" if dist.world_size > 1 else ""
+    if per_rank < 2:
+        raise ValueError(f"batch_size={config.batch_size} gives batches of one image{ranks}, which "
+                         f"BatchNorm cannot train on; use --set batch_size={2 * dist.world_size} or more")
+    if per_rank < 2 * config.accumulate_steps:
+        raise ValueError(
+            f"accumulate_steps={config.accumulate_steps} splits each batch of {per_rank} images{ranks} into "
+            f"micro-batches of fewer than 2 images, which BatchNorm cannot train on; use "
+            f"--set accumulate_steps={per_rank // 2} or less, or a larger batch_size")
+    last = loader.num_samples - (len(loader) - 1) * loader.batch_size
+    if last == 1:
+        raise ValueError(
+            f"the last training batch of every epoch would hold a single image ({loader.num_samples} "
+            f"train images{ranks}, batch_size {per_rank}), which BatchNorm cannot train on; drop it "
+            f"with --set drop_last=true, or change batch_size")
