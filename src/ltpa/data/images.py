@@ -45,9 +45,9 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
-#: Largest image ltpa decodes, in pixels (100 megapixels, e.g. 10000 x 10000). CUB's images are
-#: at most 500 px a side and ImageNet's largest are about 4000 x 6000 (24 MP), so real data sets
-#: stay far below it; PIL's own guard warns at 89 MP and refuses at 179 MP only while decoding.
+#: Largest image ltpa decodes, in pixels (100 megapixels, e.g. 10000 x 10000): far above the
+#: photographs of CUB (at most 500 px a side) and ImageNet (camera-sized at most). It replaces
+#: PIL's own guard, which warns at 89 MP and refuses at 179 MP without naming the file.
 #: Override with the environment variable ``LTPA_MAX_IMAGE_PIXELS`` (0 = no limit).
 MAX_IMAGE_PIXELS = 100_000_000
 _LIMIT_ENV = "LTPA_MAX_IMAGE_PIXELS"
