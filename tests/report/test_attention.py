@@ -39,7 +39,8 @@ def test_diagnose_summary_is_the_library_summary_of_the_same_images(tiny_run):
     config = trained.config
     images = load_evaluation_set(config.data, image_size=config.image_size, limit=24,
                                  synthetic_defaults={"num_classes": config.num_classes, "seed": config.data_seed,
-                                                     "num_test": config.num_test}).images
+                                                     "num_test": config.num_test},
+                                 resize_mode=config.resize_mode).images
     expected = summarise_maps(compute_maps(trained.model, trained.prepare(images)))
     assert panel.summary == expected
     assert panel.explanation == explain(expected)

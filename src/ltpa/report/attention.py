@@ -103,7 +103,7 @@ def attention_panel(
     config = trained.config
     defaults = {"num_classes": config.num_classes, "seed": config.data_seed, "num_test": config.num_test}
     evaluation = load_evaluation_set(data or config.data, image_size=config.image_size, limit=pool,
-                                     split="test", synthetic_defaults=defaults)
+                                     split="test", synthetic_defaults=defaults, resize_mode=config.resize_mode)
     maps = compute_maps(trained.model, trained.prepare(evaluation.images), batch_size=batch_size)
     names = trained.class_names
     targets = evaluation.targets
