@@ -15,8 +15,8 @@ from ltpa.inference import load_trained
 from ltpa.train.checkpoint import save_checkpoint
 from ltpa.train.config import TrainConfig
 from ltpa.transfer import probe as probe_module
-from ltpa.transfer.probe import (available_features, default_features, extract_features, linear_probe, run_probe,
-                                 wilson_interval)
+from ltpa.transfer.features import available_features, default_features, extract_features
+from ltpa.transfer.probe import linear_probe, run_probe, wilson_interval
 
 CUB = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cub200-mini"
 FAST = dict(cs=(0.01, 1.0), folds=3, workers=0)  # a small C grid keeps each probe under a second
@@ -181,7 +181,7 @@ def test_synthetic_probe_and_its_feature_cache(att, tmp_path, monkeypatch, caplo
     monkeypatch.undo()
 
     files[0].write_bytes(b"not a safetensors file")  # corrupt
-    with caplog.at_level(logging.WARNING, logger="ltpa.transfer.probe"):
+    with caplog.at_level(logging.WARNING, logger="ltpa.transfer.features"):
         third = linear_probe(att, SYNTHETIC, cache_dir=cache, **FAST)
     assert sorted(third.cache.values()) == ["built", "hit"] and "unreadable feature cache" in caplog.text
     assert third.correct == first.correct
@@ -201,7 +201,7 @@ def test_stale_cache_is_ignored(att, tmp_path, caplog):
         tensors = load_file(path)
         tensors["features"] = torch.zeros_like(tensors["features"])
         save_file(tensors, path, metadata={"format": "ltpa-probe-features", "key": "something else"})
-    with caplog.at_level(logging.WARNING, logger="ltpa.transfer.probe"):
+    with caplog.at_level(logging.WARNING, logger="ltpa.transfer.features"):
         again = linear_probe(att, SYNTHETIC, cache_dir=cache, **FAST)
     assert again.cache == {"train": "built", "test": "built"} and "does not match" in caplog.text
 

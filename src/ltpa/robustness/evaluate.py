@@ -307,6 +307,8 @@ def run_robustness(checkpoints: Sequence, out: str | Path, *, data: str | None =
                              f"--data SPEC to attack all of them on the same images")
         data = first.data
     defaults = {"num_classes": first.num_classes, "seed": first.data_seed, "num_test": first.num_test}
+    if split == "test":
+        defaults["num_train"] = 1  # synthetic: the test stream does not depend on it; skips generating 5,000 images
     sets = {}
     for trained in models:
         size = trained.config.image_size

@@ -67,11 +67,7 @@ source's own split is used (``folder:`` without ``train/``+``test/`` makes a see
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import math
-import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -79,19 +75,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 
-__all__ = ["FEATURE_KINDS", "ProbeResult", "wilson_interval", "available_features", "default_features",
-           "extract_features", "fit_linear_probe", "linear_probe", "run_probe", "default_cache_dir",
-           "RESULT_FILE"]
+from .features import (FEATURE_KINDS, available_features, check_feature_kind, default_cache_dir, default_features,
+                       extract_features, feature_cache_key, read_cached_features, write_cached_features)
 
-logger = logging.getLogger(__name__)
+__all__ = ["ProbeResult", "wilson_interval", "fit_linear_probe", "linear_probe", "run_probe", "RESULT_FILE",
+           "FEATURE_KINDS", "available_features", "default_features", "extract_features", "default_cache_dir"]
 
-FEATURE_KINDS = ("attention", "penultimate", "level:NAME")
 RESULT_FILE = "probe.json"
 FORMAT = "ltpa-probe"
-_CACHE_FORMAT = "ltpa-probe-features"
-_CACHE_VERSION = "1"
 _RESIZE_MODES = ("resize_crop", "squash")
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 7))
 
@@ -111,93 +103,6 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     centre = (p + z * z / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-# ----------------------------------------------------------------------------- features
-
-
-def _has_attention_head(model) -> bool:
-    from ..models.blocks import ClassifierHead
-
-    return (getattr(model, "normalisation", "none") in ("softmax", "sigmoid") and bool(getattr(model, "levels", ()))
-            and isinstance(getattr(model, "head", None), ClassifierHead))
-
-
-def available_features(model) -> tuple[str, ...]:
-    """The feature kinds ``model`` offers: ``penultimate`` always; ``attention`` and ``level:NAME``
-    for attention models (softmax or sigmoid maps, not VGG-GAP's CAM)."""
-    if not _has_attention_head(model):
-        return ("penultimate",)
-    return ("attention", "penultimate", *(f"level:{level.name}" for level in model.levels))
-
-
-def default_features(model) -> str:
-    """``"attention"`` for attention models, ``"penultimate"`` for the others (as in the paper)."""
-    return "attention" if _has_attention_head(model) else "penultimate"
-
-
-def _check_kind(model, kind: str) -> str:
-    kind = default_features(model) if kind is None else str(kind).strip()
-    offered = available_features(model)
-    if kind not in offered:
-        name = type(model).__name__
-        if kind.startswith("level:") or kind == "attention":
-            raise ValueError(f"features {kind!r} is not available for this {name}; it offers "
-                             f"{', '.join(offered)}" + ("" if len(offered) > 1 else
-                                                        " (a model without attention has no g_a)"))
-        raise ValueError(f"features must be attention, penultimate or level:NAME, got {kind!r}; this {name} "
-                         f"offers {', '.join(offered)}")
-    return kind
-
-
-def extract_features(trained, images: Tensor, kind: str | None = None, *, batch_size: int = 128) -> Tensor:
-    """Frozen features of uint8 images, computed in eval mode (the model's state is restored).
-
-    Args:
-        trained: a :class:`ltpa.inference.TrainedModel`.
-        images: uint8 ``(N, 3, H, W)`` at the model's input size.
-        kind: ``"attention"``, ``"penultimate"`` or ``"level:NAME"``; None picks
-            :func:`default_features`.
-        batch_size: images per forward pass.
-
-    Returns:
-        float32 ``(N, D)`` on the CPU.
-
-    Raises:
-        ValueError: a kind the model does not offer (the message lists those it does).
-    """
-    from ..attention._inputs import model_device, preserve_model_state
-
-    model = trained.model
-    kind = _check_kind(model, kind)
-    if images.dtype != torch.uint8 or images.dim() != 4:
-        raise TypeError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
-    device = model_device(model)
-    captured: list[list[Tensor]] = []
-    hook = None
-    if kind != "penultimate":
-        hook = model.head.register_forward_pre_hook(lambda module, args: captured.append(list(args[0])))
-    index = None
-    if kind.startswith("level:"):
-        index = [level.name for level in model.levels].index(kind.split(":", 1)[1])
-    chunks = []
-    try:
-        with preserve_model_state(model), torch.no_grad():
-            model.eval()
-            for start in range(0, len(images), batch_size):
-                output = model(trained.prepare(images[start:start + batch_size]).to(device))
-                if kind == "penultimate":
-                    chunks.append(output.features.float().cpu())
-                    continue
-                vectors = captured.pop()
-                chosen = vectors if index is None else [vectors[index]]
-                chunks.append(torch.cat([v.float() for v in chosen], dim=1).cpu())
-    finally:
-        if hook is not None:
-            hook.remove()
-    if not chunks:
-        return torch.zeros(0, 0)
-    return torch.cat(chunks)
 
 
 # ----------------------------------------------------------------------------- data
@@ -279,6 +184,7 @@ def _load_splits(spec: str, *, image_size: int, train_per_class: int | None, tes
             raise ValueError(f"train_per_class and test_per_class must be >= 1, got {train_per_class}, "
                              f"{test_per_class}")
         train, test = _per_class_split(_pool(train, test), names, train_per_class, test_per_class, split_seed)
+        notes = [n for n in notes if not n.startswith("folder: no train/ and test/")]  # that split was pooled
         notes.append(f"seeded per-class split (seed {split_seed}): {train_per_class} train and "
                      f"{'all remaining' if test_per_class is None else f'up to {test_per_class}'} test images "
                      f"per class, from the pooled data")
@@ -289,79 +195,6 @@ def _load_splits(spec: str, *, image_size: int, train_per_class: int | None, tes
             raise ValueError(f"the {split.name} split of {spec!r} is empty; give a data set with both splits "
                              f"or use train_per_class")
     return _ProbeSplits(train, test, names, notes)
-
-
-# ----------------------------------------------------------------------------- cache
-
-
-def default_cache_dir() -> Path:
-    """``$LTPA_CACHE_DIR/probe`` if set, else ``$XDG_CACHE_HOME/ltpa/probe`` (``~/.cache/ltpa/probe``)."""
-    if os.environ.get("LTPA_CACHE_DIR"):
-        return Path(os.environ["LTPA_CACHE_DIR"]) / "probe"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "ltpa" / "probe"
-
-
-def _checkpoint_digest(trained) -> str:
-    try:
-        sidecar = json.loads(Path(trained.checkpoint).read_text(encoding="utf-8"))
-        if isinstance(sidecar, dict) and isinstance(sidecar.get("sha256"), str):
-            return sidecar["sha256"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        pass
-    digest = hashlib.sha256()  # no readable sidecar: key on the weights themselves
-    for name, tensor in trained.model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _split_digest(split) -> str:
-    digest = hashlib.sha256()
-    if split.files is not None:
-        for path in split.files:
-            stat = os.stat(path)
-            digest.update(f"{Path(path).resolve()}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    else:
-        digest.update(split.images.contiguous().numpy().tobytes())
-    digest.update(split.targets.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _cache_key(checkpoint_sha: str, spec: str, split, kind: str, image_size: int, resize_mode: str) -> str:
-    text = "\n".join([_CACHE_VERSION, checkpoint_sha, spec, split.name, kind, str(image_size), resize_mode,
-                      _split_digest(split)])
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _read_cache(path: Path, key: str, targets: Tensor) -> Tensor | None:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            stored = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        logger.warning("probe: ignoring unreadable feature cache %s (%s); computing the features again", path, err)
-        return None
-    features, cached_targets = stored.get("features"), stored.get("targets")
-    if (metadata.get("format") != _CACHE_FORMAT or metadata.get("key") != key or features is None
-            or cached_targets is None or features.dim() != 2 or len(features) != len(targets)
-            or not torch.equal(cached_targets, targets) or not torch.isfinite(features).all()):
-        logger.warning("probe: feature cache %s does not match this checkpoint/data/features; computing again", path)
-        return None
-    return features.float()
-
-
-def _write_cache(path: Path, key: str, features: Tensor, targets: Tensor) -> None:
-    from safetensors.torch import save
-
-    from .._files import atomic_write_bytes
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = save({"features": features.contiguous(), "targets": targets.contiguous()},
-                   metadata={"format": _CACHE_FORMAT, "key": key})
-    atomic_write_bytes(path, payload)
 
 
 # ----------------------------------------------------------------------------- classifier
@@ -419,7 +252,7 @@ def fit_linear_probe(train_features, train_targets, test_features, test_targets,
 
 
 def _numpy(values, dtype) -> np.ndarray:
-    if isinstance(values, Tensor):
+    if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
     return np.asarray(values, dtype=dtype)
 
@@ -529,11 +362,10 @@ def linear_probe(checkpoint, data: str, *, features: str | None = None, train_pe
     if resize_mode not in _RESIZE_MODES:
         raise ValueError(f"resize_mode must be one of {', '.join(_RESIZE_MODES)}, got {resize_mode!r}")
     trained = checkpoint if isinstance(checkpoint, TrainedModel) else load_trained(checkpoint)
-    kind = _check_kind(trained.model, features)
+    kind = check_feature_kind(trained.model, features)
     size = trained.config.image_size
     splits = _load_splits(data, image_size=size, train_per_class=train_per_class, test_per_class=test_per_class,
                           split_seed=split_seed, exclude_classes=exclude_classes)
-    sha = _checkpoint_digest(trained) if cache_dir is not None else ""
     spec_text = data if train_per_class is None else (
         f"{data}|train_per_class={train_per_class}|test_per_class={test_per_class}|seed={split_seed}")
     if exclude_classes:
@@ -542,10 +374,10 @@ def linear_probe(checkpoint, data: str, *, features: str | None = None, train_pe
     for split in (splits.train, splits.test):
         path = key = None
         if cache_dir is not None:
-            key = _cache_key(sha, spec_text, split, kind, size, resize_mode)
+            key = feature_cache_key(trained, spec_text, split, kind, size, resize_mode)
             path = Path(cache_dir) / f"probe-{key[:32]}.safetensors"
             if path.exists():
-                cached = _read_cache(path, key, split.targets)
+                cached = read_cached_features(path, key, split.targets)
                 if cached is not None:
                     matrices[split.name], cache[split.name] = cached, "hit"
                     continue
@@ -553,7 +385,7 @@ def linear_probe(checkpoint, data: str, *, features: str | None = None, train_pe
         matrices[split.name] = extract_features(trained, images, kind, batch_size=batch_size)
         cache[split.name] = "off" if path is None else "built"
         if path is not None:
-            _write_cache(path, key, matrices[split.name], split.targets)
+            write_cached_features(path, key, matrices[split.name], split.targets)
     fit = fit_linear_probe(matrices["train"], splits.train.targets, matrices["test"], splits.test.targets,
                            cs=cs, folds=folds, seed=seed)
     truth = splits.test.targets.numpy()
