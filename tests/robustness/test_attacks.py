@@ -105,7 +105,8 @@ def torchattacks():
 
 @pytest.mark.parametrize("which", ["tiny", "tiny_zca"])
 @pytest.mark.parametrize("attack, random_start", [("fgsm", False), ("pgd", False), ("pgd", True)])
-def test_adversarial_images_and_accuracy_match_torchattacks(torchattacks, request, which, attack, random_start, batch):
+def test_adversarial_images_and_accuracy_match_torchattacks(torchattacks, request, which, attack, random_start,
+                                                            batch):
     trained = request.getfixturevalue(which)
     images, targets = batch
     pixels = images.float() / 255

@@ -37,8 +37,8 @@ def test_fgsm_accuracy_matches_the_analytic_count_on_a_linear_model():
     targets = (torch.arange(len(images)) % 2).long()  # about half the images start misclassified
     # FGSM moves s by eps * ||w / std||_1 against the true class (the exact L-inf worst case)
     slope = float((weight / std_t[0]).abs().sum())
-    expected = [int(((scores - e * slope > 0) & (targets == 0)).sum() + ((scores + e * slope < 0) & (targets == 1)).sum())
-                for e in EPS]
+    expected = [int(((scores - e * slope > 0) & (targets == 0)).sum()
+                    + ((scores + e * slope < 0) & (targets == 1)).sum()) for e in EPS]
     curve = attack_accuracy(trained, images, targets, attack="fgsm", eps=EPS, batch_size=64)
     assert curve.eps == EPS
     assert list(curve.correct) == expected

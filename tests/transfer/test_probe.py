@@ -188,7 +188,8 @@ def test_synthetic_probe_and_its_feature_cache(att, tmp_path, monkeypatch, caplo
 
     # another feature kind or another split of the data never reads these files
     level = linear_probe(att, SYNTHETIC, cache_dir=cache, features="level:conv13", **FAST)
-    assert level.cache == {"train": "built", "test": "built"} and level.feature_dim == 32  # conv13: 512 channels at width 1/16
+    assert level.cache == {"train": "built", "test": "built"}
+    assert level.feature_dim == 32  # conv13: 512 channels at width 1/16
     assert len(list(cache.glob("probe-*.safetensors"))) == 4
 
 

@@ -89,7 +89,8 @@ def _check(images: Tensor, targets: Tensor, eps: float) -> None:
                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}; "
                         f"convert uint8 images with images.float() / 255")
     if targets.shape != images.shape[:1]:
-        raise ValueError(f"targets must have one label per image, shape ({images.shape[0]},), got {tuple(targets.shape)}")
+        raise ValueError(f"targets must have one label per image, shape ({images.shape[0]},), got "
+                         f"{tuple(targets.shape)}")
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"eps is a perturbation of [0, 1] pixels and must be in [0, 1], got {eps!r} "
                          f"(write 8/255 as 0.0314)")

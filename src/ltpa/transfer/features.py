@@ -156,8 +156,8 @@ def _split_digest(split) -> str:
 def feature_cache_key(trained, spec: str, split, kind: str, image_size: int, resize_mode: str) -> str:
     """sha256 hex key of one split's features: checkpoint sha256, data spec, the split's files (path,
     size, mtime) or image bytes and targets, feature kind, and decoding."""
-    text = "\n".join([_CACHE_VERSION, _checkpoint_digest(trained), spec, split.name, kind, str(image_size), resize_mode,
-                      _split_digest(split)])
+    text = "\n".join([_CACHE_VERSION, _checkpoint_digest(trained), spec, split.name, kind, str(image_size),
+                      resize_mode, _split_digest(split)])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
