@@ -10,9 +10,9 @@ trainer's files (config, metrics, curves, checkpoints) plus::
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
-
 
 from .attention import compute_maps, save_figure
 from .attention.scoring import localisation_scores
@@ -76,11 +76,22 @@ def score_synthetic_run(checkpoint: str | Path, out: Path, *, num_images: int | 
     return scores, overlays
 
 
+def _trained_on(run_dir: Path) -> str:
+    """Where and how a run trained, from its ``environment.json``: ``"cpu (AVX512, bf16)"``,
+    ``"cuda (NVIDIA H100, bf16)"``. A resumed run reports its latest session."""
+    environment = json.loads((Path(run_dir) / "environment.json").read_text(encoding="utf-8"))
+    latest = (environment.get("resumed") or [environment])[-1]
+    device = latest.get("device", "?")
+    where = latest.get("cpu_capability") if device == "cpu" else latest.get("device_name")
+    return f"{device} ({where or 'unknown'}, {latest.get('precision', '?')})"
+
+
 def format_summary(run: RunResult, scores: dict, overlays: Path) -> str:
     """The table the demo prints: accuracy, per-level pointing game against the baselines."""
     lines = [
         f"model {run.config.model} {run.config.model_options}, {run.epochs_completed} epochs on "
         f"synthetic {run.config.image_size}x{run.config.image_size}, {run.config.num_classes} classes",
+        f"trained on {_trained_on(run.out_dir)}",
         f"test top-1 accuracy: {run.test['acc1']:.1f}%  ({run.test_weights} weights, epoch {run.tested_epoch})",
         "",
         f"{'attention map':<16}{'pointing game':>15}{'energy in object':>18}",

@@ -8,6 +8,7 @@ for fp16. fp32 is simply autocast disabled, not a separate branch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib.metadata
 import logging
@@ -24,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Precision", "resolve_device", "resolve_precision", "cpu_supports_bf16",
+__all__ = ["Precision", "CpuBf16", "resolve_device", "resolve_precision", "cpu_bf16_support",
+           "cpu_supports_bf16", "cpu_model_name", "describe_cpu",
            "algorithm_settings", "rng_state", "set_rng_state", "library_versions", "git_commit",
            "describe_environment"]
 
@@ -41,11 +43,13 @@ class Precision:
         device: where the model and the data live.
         name: ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         channels_last: whether the model and its input batches use ``torch.channels_last``.
+        reason: why ``auto`` resolved to ``name`` (empty when the precision was given).
     """
 
     device: torch.device
     name: str
     channels_last: bool
+    reason: str = dataclasses.field(default="", compare=False)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -68,7 +72,8 @@ class Precision:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def describe(self) -> str:
-        return f"device={self.device} precision={self.name} channels_last={self.channels_last}"
+        text = f"device={self.device} precision={self.name} channels_last={self.channels_last}"
+        return f"{text} [{self.reason}]" if self.reason else text
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -98,13 +103,47 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-@functools.lru_cache(maxsize=None)
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (AVX-512 BF16 or AMX) and autocast works.
+# oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``, formerly ``DNNL_MAX_CPU_ISA``) below AVX512_CORE_BF16:
+# under any of them oneDNN may not use the bf16 instructions and emulates bf16 convolutions.
+_ONEDNN_BELOW_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_MIC",
+                                "AVX512_MIC_4OPS", "AVX512_CORE", "AVX512_CORE_VNNI"})
 
-    Without native support oneDNN emulates bf16 and it is slower than fp32, so ``auto`` only
-    chooses bf16 on CPUs that have it.
+
+@dataclass(frozen=True)
+class CpuBf16:
+    """What ``auto`` precision knows about this CPU's bf16 support.
+
+    Attributes:
+        capability: ATen's CPU kernel level, ``torch.backends.cpu.get_cpu_capability()``
+            (``"AVX512"``, ``"AVX2"``, ``"DEFAULT"`` on x86; others elsewhere).
+        hardware: the CPU reports AVX-512 BF16 or AMX and bf16 autocast runs on this build.
+        restriction: how the user restricted the kernels below the bf16 level (e.g.
+            ``"ATEN_CPU_CAPABILITY=avx2"``), or None.
+        native: bf16 is native *and* not restricted away: the only case where ``auto`` picks bf16.
     """
+
+    capability: str
+    hardware: bool
+    restriction: str | None
+
+    @property
+    def native(self) -> bool:
+        return self.hardware and self.restriction is None
+
+    def explain(self) -> str:
+        """Why ``auto`` picks what it picks on this CPU, e.g. ``"this CPU (ATen capability
+        AVX2) has no native bf16"``."""
+        if not self.hardware:
+            return f"this CPU (ATen capability {self.capability}) has no native bf16"
+        if self.restriction is not None:
+            return (f"this CPU (ATen capability {self.capability}) has no native bf16: kernels restricted "
+                    f"by {self.restriction} (the hardware has AVX-512 BF16)")
+        return f"this CPU (ATen capability {self.capability}) has native bf16 (AVX-512 BF16)"
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_bf16_hardware() -> bool:
+    """Whether the CPU reports AVX-512 BF16 or AMX and bf16 autocast runs on this build."""
     native = False
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         check = getattr(torch.cpu, probe, None)  # private helpers; absent in some builds
@@ -123,26 +162,107 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def _kernel_restriction(capability: str) -> str | None:
+    """The user's restriction of CPU kernels below the bf16 level, as a readable string, or None."""
+    reasons = []
+    if not capability.upper().startswith("AVX512"):
+        requested = os.environ.get("ATEN_CPU_CAPABILITY")
+        reasons.append(f"ATEN_CPU_CAPABILITY={requested}" if requested
+                       else f"ATen capability {capability}")
+    for variable in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = os.environ.get(variable)
+        if value:  # oneDNN reads ONEDNN_ first and falls back to DNNL_
+            if value.strip().upper() in _ONEDNN_BELOW_BF16:
+                reasons.append(f"{variable}={value}")
+            break
+    return ", ".join(reasons) or None
+
+
+def cpu_bf16_support() -> CpuBf16:
+    """This CPU's bf16 support as ``auto`` precision sees it.
+
+    A user who restricts the kernels (``ATEN_CPU_CAPABILITY=avx2``, ``ONEDNN_MAX_CPU_ISA=AVX2``)
+    is emulating a CPU without AVX-512, usually to see what users of such CPUs see, while the
+    CPU flags still report AVX-512 BF16. ``auto`` then treats the CPU as one without native bf16
+    and picks fp32, as it would on that CPU: a run under restricted kernels makes the same
+    choice as the CPU it emulates. (With oneDNN capped below AVX512_CORE_BF16, bf16 convolutions
+    are also emulated and slower than fp32.) An explicit ``precision="bf16"`` is still honoured.
+    """
+    capability = torch.backends.cpu.get_cpu_capability()
+    hardware = _cpu_bf16_hardware()
+    return CpuBf16(capability=capability, hardware=hardware,
+                   restriction=_kernel_restriction(capability) if hardware else None)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether ``auto`` may pick bf16 on this CPU: native bf16 matmuls (AVX-512 BF16 or AMX),
+    working autocast, and kernels not restricted below that level (see :func:`cpu_bf16_support`).
+
+    Without native support oneDNN emulates bf16 and it is slower than fp32, so ``auto`` only
+    chooses bf16 on CPUs that have it.
+    """
+    return cpu_bf16_support().native
+
+
+def cpu_model_name() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, sysctl on macOS), else the
+    processor/machine string Python knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.lower().startswith(("model name", "hardware")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if platform.system() == "Darwin":
+        try:
+            result = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True,
+                                    text=True, timeout=5, check=False)
+            if result.returncode == 0 and result.stdout.strip():
+                return result.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def describe_cpu() -> dict[str, Any]:
+    """The CPU facts a run or benchmark records: model name, ATen capability, bf16 support."""
+    support = cpu_bf16_support()
+    return {"cpu_model": cpu_model_name(), "cpu_capability": support.capability,
+            "cpu_bf16_hardware": support.hardware, "cpu_native_bf16": support.native,
+            "cpu_kernel_restriction": support.restriction}
+
+
 def resolve_precision(
     precision: str = "auto", channels_last: str | bool = "auto", device: str = "auto"
 ) -> Precision:
     """Turn the config's ``precision``/``channels_last``/``device`` choices into a decision.
 
     ``auto`` precision: bf16 on GPUs that support it, else fp16 (with a GradScaler); bf16 on
-    CPUs with native bf16 (see :func:`cpu_supports_bf16`), else fp32. ``auto`` channels_last is
-    on, since ltpa's models are conv nets and cuDNN / oneDNN prefer NHWC.
+    CPUs with native bf16 and unrestricted kernels (see :func:`cpu_bf16_support`), else fp32. The
+    choice and its reason are logged (``precision auto -> fp32: this CPU (ATen capability AVX2)
+    has no native bf16``) and kept in ``Precision.reason``. ``auto`` channels_last is on, since
+    ltpa's models are conv nets and cuDNN / oneDNN prefer NHWC.
 
     Raises:
         ValueError: unknown choice, or bf16/fp16 asked for where the device cannot run it.
     """
     dev = resolve_device(device)
+    reason = ""
     if precision == "auto":
         if dev.type == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            bf16 = torch.cuda.is_bf16_supported()
+            name = "bf16" if bf16 else "fp16"
+            reason = f"{torch.cuda.get_device_name(dev)} {'supports' if bf16 else 'has no'} bf16"
         elif dev.type == "cpu":
-            name = "bf16" if cpu_supports_bf16() else "fp32"
+            support = cpu_bf16_support()
+            name = "bf16" if support.native else "fp32"
+            reason = support.explain()
         else:
             name = "fp32"
+            reason = f"no mixed precision on {dev.type}"
+        reason = f"precision auto -> {name}: {reason}"
+        logger.info("%s", reason)
     elif precision in _DTYPES:
         name = precision
     else:
@@ -162,7 +282,7 @@ def resolve_precision(
         use_cl = channels_last
     else:
         raise ValueError(f"channels_last must be 'auto', True or False, got {channels_last!r}")
-    return Precision(device=dev, name=name, channels_last=use_cl)
+    return Precision(device=dev, name=name, channels_last=use_cl, reason=reason)
 
 
 # ----------------------------------------------------------------------------- reproducibility
@@ -258,16 +378,20 @@ def git_commit() -> str | None:
 
 
 def describe_environment(precision: Precision) -> dict[str, Any]:
-    """What a run's ``environment.json`` records: time, versions, device, numerics, git commit."""
+    """What a run's ``environment.json`` records: time, versions, device, numerics (with why
+    ``auto`` chose them), the CPU (model, ATen capability, native bf16: see :func:`describe_cpu`),
+    git commit."""
+    cpu = describe_cpu()
     if precision.device.type == "cuda":
         device_name = torch.cuda.get_device_name(precision.device)
     else:
-        device_name = platform.processor() or platform.machine()
+        device_name = cpu["cpu_model"]
     return {
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **library_versions(), "python": platform.python_version(),
         "platform": platform.platform(), "cuda": torch.version.cuda,
         "device": str(precision.device), "device_name": device_name,
         "precision": precision.name, "channels_last": precision.channels_last,
+        "precision_choice": precision.reason or f"precision {precision.name} as configured", **cpu,
         "torch_threads": torch.get_num_threads(), "git_commit": git_commit(),
     }
