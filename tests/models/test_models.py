@@ -186,8 +186,17 @@ def test_bf16_channels_last_forward_matches_fp32():
         fast_model = model.to(memory_format=torch.channels_last)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             fast = fast_model(images.to(memory_format=torch.channels_last))
+    assert fast.logits.dtype == torch.bfloat16  # the fast path really ran in bf16
     assert fast.maps[0].dtype == torch.float32
-    torch.testing.assert_close(fast.logits.float(), reference.logits, atol=0.15, rtol=0.1)
+    # Tolerances relative to the outputs' own scale (the logits of a fresh model are ~0.1, so
+    # any absolute tolerance near that would pass all-zero logits). Measured bf16 errors: <= 1.3%
+    # of the largest logit and <= 5% of each map's peak, natively and with bf16 emulated on the
+    # AVX2 and no-SIMD kernels (seeds 0-3).
+    scale = reference.logits.abs().max()
+    assert scale > 0.05
+    assert (fast.logits.float() - reference.logits).abs().max() <= 0.05 * scale
+    for fast_map, reference_map in zip(fast.maps, reference.maps):
+        assert (fast_map - reference_map).abs().max() <= 0.15 * reference_map.abs().max()
 
 
 def test_unknown_model_name_suggests_the_closest():
