@@ -1,4 +1,5 @@
 """The ``ltpa`` command end to end on a tiny model: files written, and user errors as one line."""
+import csv
 import json
 
 import numpy as np
@@ -6,7 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
+from ltpa.attention import (centre_prior, compute_maps, energy_pointing_game, gap_cam_maps, grad_cam_maps,
+                            pointing_game, segmentation_scores)
 from ltpa.cli import main
+from ltpa.data.synthetic import SyntheticLocalisation
+from ltpa.inference import load_trained
+from ltpa.train import load_checkpoint
+from ltpa.train.precision import cpu_supports_bf16
 
 TINY = ["--set", "model_options.width=0.0625", "--set", "num_train=64", "--set", "num_test=32",
         "--set", "batch_size=16", "--set", "num_classes=4", "--epochs", "1", "--no-progress"]
@@ -128,11 +135,22 @@ def test_demo_trains_scores_and_prints_a_summary(tmp_path):
     assert set(result.localisation["levels"]) == {"conv7", "conv10", "conv13"}
     assert {"centre", "random"} <= set(result.localisation["baselines"])
     assert "pointing game" in result.summary and "(centre)" in result.summary
+    precision = "bf16" if cpu_supports_bf16() else "fp32"  # the demo trains with precision=auto
+    assert f"trained on cpu ({torch.backends.cpu.get_cpu_capability()}, {precision})" in result.summary.splitlines()
     for name in ("attention_overlays.png", "localisation.json", "summary.txt"):
         assert (tmp_path / "demo" / name).is_file()
+    assert (tmp_path / "demo" / "summary.txt").read_text() == result.summary + "\n"
+    def listing():  # TensorBoard names its event files by time and host
+        return sorted(p.parent.name + "/<events>" if "tfevents" in p.name else str(p.relative_to(tmp_path))
+                      for p in (tmp_path / "demo").rglob("*"))
+
+    files = listing()
     again = run_demo(tmp_path / "demo", overwrite=True, progress=False, epochs=1, num_train=64, num_test=32,
                      batch_size=16, model_options={"width": 0.0625, "dropout": False})  # `make demo` twice
-    assert again.summary.splitlines()[0] == result.summary.splitlines()[0]
+    # the same seeded run again, in place of the first: same numbers, same files, nothing left over
+    assert again.summary == result.summary
+    assert again.localisation == result.localisation and again.run.test == result.run.test
+    assert listing() == files
 
 
 def test_data_describes_a_spec(capsys):
@@ -147,16 +165,73 @@ def test_data_missing_files_say_where_and_how_to_get_them(tmp_path, capsys):
     assert "data_batch_1" in err and "cifar-10-python.tar.gz" in err and "--download" in err
 
 
-def test_localise_writes_the_report_with_baselines(run_dir, tmp_path, capsys):
+# ------------------------------------------------------------------ localise, checked by hand
+
+SCORES = ("pointing", "energy", "jaccard_fixed", "jaccard_best", "best_threshold",
+          "jaccard_per_image_best_upper_bound")
+
+
+def _synthetic_test_split(trained, limit):
+    """The first ``limit`` test images, masks and targets of the run's synthetic data, built
+    here directly (not through the command's ground-truth loader)."""
+    config = trained.config
+    data = SyntheticLocalisation(config.num_test, image_size=config.image_size, num_classes=config.num_classes,
+                                 seed=config.data_seed, split="test")
+    return data.images[:limit], data.masks[:limit], data.targets[:limit]
+
+
+def _scores_by_hand(heat, masks):
+    """The report's numbers for (N, H, W) maps, from the metric functions called directly."""
+    seg = segmentation_scores(heat, masks)
+    return {"pointing": float(pointing_game(heat, mask=masks).float().mean()),
+            "energy": float(energy_pointing_game(heat, mask=masks).nanmean()),
+            **{key: seg[key] for key in SCORES[2:]}}
+
+
+def _assert_report_rows(rows, heats, masks):
+    """Each row equals the metrics of the same maps against the same masks; and the check can
+    fail: the masks of other images (a shuffle) give other numbers."""
+    for name, heat in heats.items():
+        expected = _scores_by_hand(heat, masks)
+        assert {key: rows[name][key] for key in SCORES} == pytest.approx(expected, rel=1e-6, abs=1e-9), name
+    shuffled = {name: _scores_by_hand(heat, masks.roll(1, 0)) for name, heat in heats.items()}
+    assert any({key: rows[name][key] for key in SCORES} != pytest.approx(shuffled[name], rel=1e-3)
+               for name in heats if name.startswith(("attention", "cam")))
+
+
+def test_localise_scores_the_maps_of_each_image_against_its_own_mask(run_dir, tmp_path, capsys):
     out = tmp_path / "loc"
-    assert main(["localise", str(run_dir / "checkpoints" / "best.json"), "--limit", "8", "--out", str(out),
+    checkpoint = run_dir / "checkpoints" / "best.json"
+    assert main(["localise", str(checkpoint), "--limit", "8", "--out", str(out),
                  "--faithfulness-images", "4", "--steps", "2", "--methods", "attention", "gradcam", "centre"]) == 0
     table = capsys.readouterr().out
-    for row in ("attention/conv7", "attention/conv13", "gradcam/conv13", "centre"):
-        assert row in table
-    csv = (out / "localisation.csv").read_text()
-    assert "pointing" in csv.splitlines()[0] and len(csv.splitlines()) >= 6
-    assert (out / "localisation.json").is_file() and (out / "parts.png").is_file()
+    result = json.loads((out / "localisation.json").read_text())
+    rows = result["rows"]
+    assert list(rows) == ["attention/conv7", "attention/conv10", "attention/conv13", "gradcam/conv13", "centre"]
+    assert result["num_images"] == 8
+
+    trained = load_trained(checkpoint)
+    images, masks, targets = _synthetic_test_split(trained, 8)
+    assert len({tuple(m.nonzero()[0].tolist()) for m in masks}) == 8  # every image has its own mask
+    inputs = trained.prepare(images)
+    learned = compute_maps(trained.model, inputs)
+    heats = {f"attention/{level.name}": up[:, 0] for level, up in zip(learned.levels, learned.upsampled)}
+    heats["gradcam/conv13"] = grad_cam_maps(trained.model, inputs, methods=["gradcam"])["gradcam"].upsampled[0][:, 0]
+    heats["centre"] = centre_prior((32, 32), batch_size=8)
+    _assert_report_rows(rows, heats, masks)
+    assert result["accuracy"] == pytest.approx(float((learned.predictions == targets).float().mean()))
+
+    # the printed table and the CSV carry the same numbers, one line per row
+    for name, row in rows.items():
+        line = next(line for line in table.splitlines() if line.split()[:1] == [name])
+        assert f"{row['pointing']:.3f}" in line and f"{row['energy']:.3f}" in line
+    with open(out / "localisation.csv", newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert [r["method"] for r in written] == ["attention"] * 3 + ["gradcam", "centre"]
+    for record, row in zip(written, rows.values()):
+        assert float(record["energy"]) == pytest.approx(row["energy"], rel=1e-6)
+        assert float(record["deletion_auc"]) == pytest.approx(row["deletion_auc"], rel=1e-6)
+    assert (out / "parts.png").is_file()
 
 
 def test_localise_without_ground_truth_says_which_specs_have_it(run_dir, tmp_path, capsys, monkeypatch):
@@ -214,8 +289,17 @@ def test_init_transfers_weights_and_saves_a_report(run_dir, tmp_path):
     assert main(["-q", "train", "--out", str(out), *TINY, "--init", str(run_dir / "checkpoints" / "best.json"),
                  "--transfer", "trunk+global", "--freeze", "trunk.conv1-7"]) == 0
     report = json.loads((out / "transfer_report.json").read_text())
-    assert report["counts"]["loaded"] > 0 and report["counts"]["skipped"] > 0
-    assert "trunk.conv7.conv.weight" in (out / "transfer_report.txt").read_text() or report["counts"]["loaded"] > 50
+    status = {entry["name"]: entry["status"] for entry in report["entries"]}
+    transferred = {name for name in status if name.startswith(("trunk.", "global."))}
+    assert transferred and all(status[name] == "loaded" for name in transferred)
+    assert all(status[name] == "skipped" for name in set(status) - transferred)  # attention, head
+    assert report["counts"]["loaded"] == len(transferred) and report["counts"]["skipped"] == len(status) - len(transferred)
+    # frozen layers keep the source's weights through training; the others were trained
+    source = load_checkpoint(run_dir / "checkpoints" / "best.json").model_state
+    tuned = load_checkpoint(out / "checkpoints" / "best.json").model_state
+    for layer in range(1, 14):
+        key = f"trunk.conv{layer}.conv.weight"
+        assert torch.equal(tuned[key], source[key]) == (layer <= 7), key
 
 
 def test_attend_overwrite_never_deletes_a_folder_ltpa_did_not_write(run_dir, images, tmp_path, capsys):
@@ -287,7 +371,17 @@ def test_localise_adds_cam_from_a_vgg_gap_checkpoint(run_dir, tmp_path, capsys):
     assert main(["localise", str(run_dir / "checkpoints" / "best.json"), "--limit", "8", "--out", str(out),
                  "--faithfulness-images", "0", "--methods", "attention", "--gap-checkpoint",
                  str(gap_run / "checkpoints" / "best.json")]) == 0
-    assert "cam" in capsys.readouterr().out
+    # a table row of its own (a bare "cam" would match pytest's temporary folder names)
+    table_rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert "cam/vgg_gap" in table_rows
+    rows = json.loads((out / "localisation.json").read_text())["rows"]
+    assert list(rows) == ["attention/conv7", "attention/conv10", "attention/conv13", "cam/vgg_gap"]
+    assert rows["cam/vgg_gap"]["method"] == "cam" and rows["cam/vgg_gap"]["level"] == "conv13"
+    # the numbers are those of the GAP model's own CAM, not of the attention model
+    gap = load_trained(gap_run / "checkpoints" / "best.json")
+    images, masks, _ = _synthetic_test_split(gap, 8)
+    cam = gap_cam_maps(gap.model, gap.prepare(images)).upsampled[0][:, 0]
+    _assert_report_rows(rows, {"cam/vgg_gap": cam}, masks)
 
 
 def test_train_flags_map_to_config_fields(tmp_path):

@@ -226,7 +226,18 @@ def test_denormalise_rejects_bad_input(shape, mean, std):
 def test_attention_grid_with_constant_maps_and_float_images(tmp_path):
     images = np.full((1, 8, 8, 3), 0.5)
     maps = [np.full((1, 8, 8), 0.25), np.full((1, 1, 8, 8), 0.25)]
+    grey = np.full(3, 128, dtype=np.uint8)  # 0.5 * 255 = 127.5, rounded half to even
+    # a constant map has no span: the low colour, half-blended (alpha 0.5) over the grey image
+    expected = np.rint((0.5 * 0.5 + 0.5 * _low_colour()) * 255).astype(np.uint8)
     for mode in DISPLAY_MODES:
         figure = attention_grid(images, maps, level_names=["a", "b"], mode=mode)
-        save_figure(figure, tmp_path / f"{mode}.png")
-    assert len(list(tmp_path.glob("*.png"))) == len(DISPLAY_MODES)
+        panels = [np.asarray(ax.images[0].get_array()) for ax in figure.axes if ax.images and ax.get_label() != "<colorbar>"]
+        assert len(panels) == 3  # the image, then one overlay per level
+        assert (panels[0] == grey).all()
+        for panel in panels[1:]:
+            assert panel.shape == (8, 8, 3) and (panel == expected).all(), mode
+        path = save_figure(figure, tmp_path / f"{mode}.png")
+        with Image.open(path) as picture:
+            pixels = np.asarray(picture.convert("RGB")).reshape(-1, 3)
+        # the saved picture shows those colours in flat panels (measured: 46-51% and 23-25% of it)
+        assert (pixels == expected).all(1).mean() > 0.2 and (pixels == grey).all(1).mean() > 0.1, mode

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import ltpa
-from ltpa.attention import localise, write_localisation_report
+from ltpa.attention import (compute_maps, energy_pointing_game, gap_cam_maps, localise, pointing_game,
+                            segmentation_scores, write_localisation_report)
+from ltpa.attention._inputs import prepare_images
 from ltpa.data.synthetic import SyntheticLocalisation
 
 
@@ -27,6 +29,22 @@ def test_localise_scores_every_method_and_writes_the_report(tmp_path):
         assert 0 <= row["pointing"] <= 1 and 0 <= row["energy"] <= 1 and 0 <= row["jaccard_best"] <= 1
         assert "deletion_auc" in row and row["peak_on_part"] in ("head", "tail", "none")
     assert rows["attention/conv7"]["kind"].endswith("class-agnostic")
+    # the numbers are the metric functions' on each image's own maps and mask
+    inputs = prepare_images(data.images, (0.4,) * 3, (0.2,) * 3)
+    learned = compute_maps(model, inputs)
+    heats = {f"attention/{level.name}": up[:, 0] for level, up in zip(learned.levels, learned.upsampled)}
+    heats["cam/vgg_gap"] = gap_cam_maps(gap, inputs).upsampled[0][:, 0]
+    scores = ("pointing", "energy", "jaccard_fixed", "jaccard_best", "jaccard_per_image_best_upper_bound")
+
+    def by_hand(heat, masks):
+        seg = segmentation_scores(heat, masks, thresholds=(0.25, 0.5, 0.75))
+        return [float(pointing_game(heat, mask=masks).float().mean()),
+                float(energy_pointing_game(heat, mask=masks).nanmean()), *(seg[k] for k in scores[2:])]
+
+    for name, heat in heats.items():
+        assert [rows[name][k] for k in scores] == pytest.approx(by_hand(heat, data.masks), rel=1e-6), name
+    assert any([rows[name][k] for k in scores] != pytest.approx(by_hand(heat, data.masks.roll(1, 0)), rel=1e-3)
+               for name, heat in heats.items())  # another image's mask gives other numbers
     assert result["explanation"] and result["diagnostics"]["class_agnostic"]
     assert model.training and all(m.training for m in model.modules())
     assert torch.equal(data.images, images)

@@ -33,7 +33,23 @@ def test_best_threshold_is_chosen_on_the_data_and_reported():
     scores = segmentation_scores(heat, masks, thresholds=(0.2, 0.5, 0.8), fixed_threshold=0.3)
     assert scores["best_threshold"] == 0.5 and scores["jaccard_best"] == pytest.approx(1.0)
     assert scores["jaccard_fixed"] < 1.0
-    assert scores["jaccard_per_image_best_upper_bound"] >= scores["jaccard_best"]
+    assert scores["jaccard_per_image_best_upper_bound"] == pytest.approx(1.0)  # both images perfect at 0.5
+
+
+def test_per_image_upper_bound_takes_each_images_own_best_threshold():
+    masks = _masks()  # 24 and 21 pixels
+    heat = torch.zeros(2, 16, 16)
+    heat[0][masks[0]] = 0.3
+    heat[0, 15, 15] = 1.0  # a stray peak: only a low threshold keeps the object
+    heat[1] = 0.6
+    heat[1][masks[1]] = 1.0  # bright object on a bright background: only a high threshold works
+    scores = segmentation_scores(heat, masks, thresholds=(0.2, 0.5, 0.8), fixed_threshold=0.5)
+    # per image and threshold: image 0 [24/25, 0, 0], image 1 [21/256, 21/256, 1]
+    assert scores["jaccard_curve"] == pytest.approx([(24 / 25 + 21 / 256) / 2, 21 / 512, 0.5])
+    assert scores["best_threshold"] == 0.2
+    assert scores["jaccard_best"] == pytest.approx((24 / 25 + 21 / 256) / 2)
+    assert scores["jaccard_fixed"] == pytest.approx(21 / 512)
+    assert scores["jaccard_per_image_best_upper_bound"] == pytest.approx((24 / 25 + 1.0) / 2)
 
 
 def test_binarise_is_relative_to_each_maps_max_and_zero_maps_are_empty():
