@@ -246,8 +246,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_spec: str | None = N
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r} (--batch-size)")
-    if out is not None:
-        _check_report_path(Path(out))
     ckpt = load_checkpoint(checkpoint)
     run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path.parent
     path = Path(out) if out is not None else run_dir / "eval" / f"{ckpt.path.stem}_{split}.json"
