@@ -59,6 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
                          val_fraction=0.0, batch_size=args.batch, precision=args.precision,
                          device=args.device, channels_last=channels_last)
     precision = resolve_precision(config.precision, config.channels_last, config.device)
+    environment = describe_environment(precision)
+    print(f"CPU {environment['cpu_model']}, ATen capability {environment['cpu_capability']}; "
+          f"precision {precision.name} ({environment['precision_choice']})", flush=True)
     data = build_data(config)
     mean, std = channel_mean_std(data.train_images)
     loader = BatchLoader(data.train_images, data.train_targets, batch_size=args.batch, mean=mean,
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
         "epoch_images_per_s": max(epochs), "model_only_images_per_s": max(steps),
         "ratio": max(epochs) / max(steps), "all_epoch": epochs, "all_model_only": steps,
         "batches_per_epoch": len(loader), "args": vars(args), "precision": precision.describe(),
-        "environment": describe_environment(precision), "python": platform.python_version(),
+        "cpu_capability": environment["cpu_capability"], "precision_name": precision.name,
+        "environment": environment, "python": platform.python_version(),
     }
     print(f"{precision.describe()}  {args.model} width {args.width}  data {args.data}  "
           f"{len(loader)} batches of {args.batch}")

@@ -4,14 +4,16 @@ Usage:
     python benchmarks/memory.py [--model vgg_att2] [--sizes 80 224 448] [--batch 32]
         [--width 1.0] [--time-steps 0] [--json out.json]
 
-For every size and option set (fp32 / bf16, checkpointing, gradient accumulation) it prints the
-memory that one training step needs:
+It first prints the CPU class (ATen capability) and the precision ``auto`` picks here (both also
+in the JSON). For every size and option set (fp32 / bf16, checkpointing, gradient accumulation)
+it prints the memory that one training step needs:
 - activations: bytes of every tensor autograd saves for backward, counted exactly by
   ``torch.autograd.graph.saved_tensors_hooks`` on the meta device (no compute, any size),
   de-duplicated by storage;
 - weights + gradients + SGD momentum (fp32);
 - on CUDA also the measured peak (``torch.cuda.max_memory_allocated``) and img/s.
-``--time-steps N`` also times N real training steps on the current device (CPU: slow at 224+ px).
+``--time-steps N`` also times N real training steps on the current device (CPU: slow at 224+ px;
+the bf16 rows run emulated, slower than fp32, on CPUs without native bf16).
 Accumulation over k micro-batches keeps the optimizer batch and divides activation memory by k.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 import ltpa
 from ltpa.profiling import optimizer_static_bytes, saved_activation_bytes
+from ltpa.train.precision import describe_environment, resolve_precision
 
 GIB = 2**30
 
@@ -82,7 +85,11 @@ def main(argv=None) -> int:
     parser.add_argument("--time-steps", type=int, default=0, help="also time this many real steps")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision("auto", True, "auto")
+    device = precision.device
+    environment = describe_environment(precision)
+    print(f"CPU {environment['cpu_model']}, ATen capability {environment['cpu_capability']}; "
+          f"{environment['precision_choice']}", flush=True)
     variants = [
         ("fp32", torch.float32, False, 1),
         ("bf16", torch.bfloat16, False, 1),
@@ -108,7 +115,9 @@ def main(argv=None) -> int:
             print(f"{size:>5}  {label:<40}{row['activations_gib']:>12.2f}{row['total_gib']:>8.2f}  {fits}{extra}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "device": str(device), "torch": torch.__version__, "rows": rows}, fh, indent=2)
+            json.dump({"args": vars(args), "device": str(device), "torch": torch.__version__,
+                       "cpu_capability": environment["cpu_capability"], "precision": precision.name,
+                       "environment": environment, "rows": rows}, fh, indent=2)
     return 0
 
 
