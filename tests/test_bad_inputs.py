@@ -82,6 +82,17 @@ def _cut_checkpoint(work: Path, run: Path) -> None:
     weights.write_bytes(weights.read_bytes()[:1000])
 
 
+def _edited_checkpoint(**changes) -> Callable[[Path, Path], None]:
+    """A copy of the checkpoint whose stored config has ``changes`` (the sidecar is not hashed)."""
+    def setup(work: Path, run: Path) -> None:
+        shutil.copytree(run / "checkpoints", work / "ckpt")
+        sidecar = work / "ckpt" / "best.json"
+        content = json.loads(sidecar.read_text())
+        content["config"].update(changes)
+        sidecar.write_text(json.dumps(content))
+    return setup
+
+
 def _read_only_folder(work: Path, run: Path) -> None:
     (work / "locked").mkdir()
     os.chmod(work / "locked", 0o555)
@@ -124,6 +135,7 @@ CASES = [
     Case("stuck tolerance above ln K", _train("--set", "stuck_tolerance=10"), "stuck_tolerance=10.0 is invalid"),
     Case("data misspelt", _train("--data", "synthtic"), "Did you mean synthetic"),
     Case("device unknown", _train("--set", "device=tpu"), "device 'tpu'"),
+    Case("crop padding beyond the image", _train("--set", "crop_padding=100000"), "crop_padding=100000 is invalid"),
     # checks that used to run after the run folder was written
     Case("batch larger than the data", _train("--set", "batch_size=100000"), "fewer than a batch of 100000"),
     Case("accumulation beyond the batch", _train("--set", "accumulate_steps=17"), "accumulate_steps=17 splits"),
@@ -165,6 +177,8 @@ CASES = [
     Case("attend a folder without checkpoints", ["attend", "folder", "--data", "synthetic", "--out", "maps"],
          "folder is a directory without ltpa checkpoints", _empty_folder),
     Case("train without --out", ["train", *TINY], "the following arguments are required: --out"),
+    Case("localise, missing GAP checkpoint", ["localise", CKPT, "--limit", "4", "--out", "loc",
+                                              "--gap-checkpoint", "nope.json"], "no checkpoint at nope.json"),
     # ltpa eval
     Case("eval a foreign .pt", ["eval", "evil.pt"], "ltpa train --init evil.pt", _foreign_pt),
     Case("eval a text file", ["eval", "notes.txt"], "notes.txt is not an ltpa checkpoint", _text_file),
@@ -178,6 +192,10 @@ CASES = [
     Case("eval batch zero", ["eval", CKPT, "--batch-size", "0", "--out", "e.json"], "argument --batch-size"),
     Case("eval on fewer classes", ["eval", CKPT, "--data", "synthetic:num_classes=3", "--out", "e.json"],
          "has 3 classes but the checkpoint's model predicts 4"),
+    Case("eval, config from a newer ltpa", ["eval", "ckpt/best.json", "--out", "e.json"],
+         "best.json does not fit this version of ltpa", _edited_checkpoint(future_option=1)),
+    Case("eval an empty split", ["eval", "ckpt/best.json", "--split", "val", "--out", "e.json"],
+         "the val split of 'synthetic' is empty", _edited_checkpoint(val_fraction=0.0)),
     Case("eval data misspelt", ["eval", CKPT, "--data", "cifar10O:/x", "--out", "e.json"], "Did you mean cifar10"),
 ]
 

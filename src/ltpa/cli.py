@@ -115,8 +115,6 @@ def _cmd_localise(args: argparse.Namespace) -> int:
     if evaluation.masks is None and evaluation.boxes is None:
         raise ValueError(f"{args.data or trained.config.data!r} has no boxes or masks to score against; "
                          "use synthetic, cub:PATH or masks:PATH")
-    out = prepare_out_dir(args.out, overwrite=args.overwrite, what="localisation report",
-                          marker="localisation.json")
     methods, gap_model = tuple(args.methods), None
     if args.gap_checkpoint:
         gap = load_trained(args.gap_checkpoint)
@@ -125,6 +123,8 @@ def _cmd_localise(args: argparse.Namespace) -> int:
             raise ValueError("--gap-checkpoint must be trained on the same data and preprocessing "
                              "(image size, mean/std, no ZCA) as the checkpoint")
         gap_model, methods = gap.model, methods + ("cam",)
+    out = prepare_out_dir(args.out, overwrite=args.overwrite, what="localisation report",
+                          marker="localisation.json")
     result = localise_trained(trained, evaluation.images, **evaluation.ground_truth(),
                               methods=methods, gap_model=gap_model, tolerance=args.tolerance,
                               faithfulness_images=args.faithfulness_images, steps=args.steps)

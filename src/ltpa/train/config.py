@@ -164,6 +164,9 @@ class TrainConfig:
             raise bad("momentum", "a number in [0, 1), usually 0.9")
         if self.num_classes < 2:
             raise bad("num_classes", "an integer >= 2")
+        if self.crop_padding >= self.image_size:
+            # the random crop could then miss the image entirely (and padding costs memory)
+            raise bad("crop_padding", f"less than image_size={self.image_size} (usually 4 for 32 px)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise bad("val_fraction", "a fraction in [0, 1)")
         if self.nesterov and self.momentum == 0:

@@ -247,10 +247,14 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_spec: str | None = N
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r} (--batch-size)")
     ckpt = load_checkpoint(checkpoint)
+    try:
+        config = TrainConfig.from_dict(ckpt.config)
+    except ValueError as err:
+        raise ValueError(f"the config stored in {ckpt.path} does not fit this version of ltpa ({err}); "
+                         f"if a newer ltpa wrote it, upgrade ltpa") from None
     run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path.parent
     path = Path(out) if out is not None else run_dir / "eval" / f"{ckpt.path.stem}_{split}.json"
     _check_report_path(path)
-    config = TrainConfig.from_dict(ckpt.config)
     if data_spec is not None and data_spec != config.data:
         config = dataclasses.replace(config, data=data_spec, subset_test=0)
     model = build_model(config)
