@@ -58,6 +58,7 @@ def test_unreadable_image_is_dropped_with_a_count(tmp_path):
 
 def test_truncated_image_fails_at_decode_naming_the_file(tmp_path):
     _images(tmp_path / "a", 1, size=(64, 64))
+    _images(tmp_path / "b", 1, size=(64, 64))  # a one-class folder is refused before any decoding
     path = tmp_path / "a" / "0.png"
     Image.effect_noise((64, 64), 50).convert("RGB").save(path)
     path.write_bytes(path.read_bytes()[:200])  # header intact, pixel data cut
