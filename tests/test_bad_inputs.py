@@ -127,6 +127,7 @@ CASES = [
     Case("batch zero", _train("--set", "batch_size=0"), "batch_size=0 is invalid"),
     Case("eval batch zero", _train("--set", "eval_batch_size=0"), "eval_batch_size=0 is invalid"),
     Case("threads negative", _train("--set", "cpu_threads=-1"), "cpu_threads=-1 is invalid"),
+    Case("threads beyond any machine", _train("--set", "cpu_threads=100000"), "cpu_threads=100000 is invalid"),
     Case("NaN in a JSON list", _train("--set", "mean=[NaN,0.5,0.5]"), "mean='[NaN,0.5,0.5]'"),
     Case("NaN in model options", _train("--set", "model_options.width=NaN"), "NaN and Infinity are not allowed"),
     Case("wrong type", _train("--set", "epochs=three"), "epochs='three': expected int"),

@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESIZE_MODES = ("resize_crop", "bbox_crop", "squash")
 TEST_WEIGHTS = ("auto", "best", "final")
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
+MAX_CPU_THREADS = 1024
 
 
 @dataclass
@@ -164,6 +166,9 @@ class TrainConfig:
             raise bad("momentum", "a number in [0, 1), usually 0.9")
         if self.num_classes < 2:
             raise bad("num_classes", "an integer >= 2")
+        if self.cpu_threads > MAX_CPU_THREADS:
+            # OpenMP fails to create that many threads and the process dies (segfault)
+            raise bad("cpu_threads", f"at most {MAX_CPU_THREADS}; this machine has {os.cpu_count()} CPU(s)")
         if self.crop_padding >= self.image_size:
             # the random crop could then miss the image entirely (and padding costs memory)
             raise bad("crop_padding", f"less than image_size={self.image_size} (usually 4 for 32 px)")
