@@ -5,9 +5,9 @@ Geometry (the convention of :class:`ltpa.models.output.LevelInfo`): pixel ``i`` 
 ``offset + j * stride`` input pixels, along x (columns) and y (rows) alike.
 
 Placement moves *mass*, not values: each cell's value is spread over the pixels of its
-footprint (see :func:`place_on_image`) with weights that sum to 1, so a placed map sums to what
-the cell map sums to (1 for softmax maps) and every level, whatever its stride or offset,
-puts the same total weight on each of its cells.
+footprint (see :func:`place_on_image`) with weights that sum to 1, so every cell counts fully,
+none more than another, and a placed map sums to what the cell map sums to (1 for softmax
+maps) whatever the level's stride or offset.
 """
 from __future__ import annotations
 
