@@ -63,7 +63,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, uninterru
     script.write_text(KILLER.format(config=TrainConfig(**CONFIG, epochs=3).to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(script), str(run), where], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)  # a hang guard only
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert [epoch for epoch, _ in list_checkpoints(run / "checkpoints")] == [1]
     assert not (run / "final_metrics.json").exists()

@@ -72,8 +72,7 @@ class Precision:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def describe(self) -> str:
-        text = f"device={self.device} precision={self.name} channels_last={self.channels_last}"
-        return f"{text} [{self.reason}]" if self.reason else text
+        return f"device={self.device} precision={self.name} channels_last={self.channels_last}"
 
 
 def resolve_device(name: str = "auto") -> torch.device:
