@@ -120,6 +120,7 @@ def test_probe_separates_trivially_separable_classes(att, tmp_path):
     assert result.accuracy >= 0.9 and result.ci95[0] > 1 / 3
     assert result.features == "attention" and result.feature_dim == sum(lv.channels for lv in att.model.levels)
     assert result.C in FAST["cs"] and result.cv_folds == 3
+    assert "note: C = " in result.summary() and "edge of the searched grid" in result.summary()  # 2-value grid
 
 
 def test_probe_with_shuffled_labels_is_at_chance(att, tmp_path):

@@ -176,7 +176,7 @@ def _load_splits(spec: str, *, image_size: int, train_per_class: int | None, tes
                              f"has {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
         train, test = (_drop_classes(s, names, exclude_classes) for s in (train, test))
         names = tuple(n for n in names if n not in set(exclude_classes))
-        notes.append(f"excluded class(es): {', '.join(exclude_classes)}")
+        notes.append(f"probe: excluded class(es) {', '.join(exclude_classes)}")
     if len(names) < 2:
         raise ValueError(f"a linear probe needs at least 2 classes, {spec!r} has {len(names)}")
     if train_per_class is not None:
@@ -185,7 +185,7 @@ def _load_splits(spec: str, *, image_size: int, train_per_class: int | None, tes
                              f"{test_per_class}")
         train, test = _per_class_split(_pool(train, test), names, train_per_class, test_per_class, split_seed)
         notes = [n for n in notes if not n.startswith("folder: no train/ and test/")]  # that split was pooled
-        notes.append(f"seeded per-class split (seed {split_seed}): {train_per_class} train and "
+        notes.append(f"probe: seeded per-class split (seed {split_seed}): {train_per_class} train and "
                      f"{'all remaining' if test_per_class is None else f'up to {test_per_class}'} test images "
                      f"per class, from the pooled data")
     elif test_per_class is not None:
@@ -277,7 +277,8 @@ class ProbeResult:
         per_class_accuracy: test accuracy of each class.
         image_size, resize_mode: how images were decoded.
         cache: ``"hit"``, ``"built"`` or ``"off"`` for each split.
-        notes: warnings of the loader and the split, and convergence notes.
+        notes: the data loader's warnings, then the probe's own (``"probe: ..."``: split, excluded
+            classes, C at the edge of the grid, convergence); :meth:`summary` shows the latter.
     """
 
     checkpoint: str
@@ -328,7 +329,8 @@ class ProbeResult:
                 f"test accuracy {100 * self.accuracy:.1f}% (95% Wilson CI {100 * low:.1f}-{100 * high:.1f}%; "
                 f"chance {100 * self.chance:.1f}%, majority {100 * self.majority:.1f}%)\n"
                 f"C = {self.C:g} by {self.cv_folds}-fold CV on train (CV accuracy {100 * self.cv_accuracy:.1f}%, "
-                f"train accuracy {100 * self.train_accuracy:.1f}%)")
+                f"train accuracy {100 * self.train_accuracy:.1f}%)"
+                + "".join(f"\nnote: {n[len('probe: '):]}" for n in self.notes if n.startswith("probe: ")))
 
 
 def linear_probe(checkpoint, data: str, *, features: str | None = None, train_per_class: int | None = None,
@@ -345,7 +347,7 @@ def linear_probe(checkpoint, data: str, *, features: str | None = None, train_pe
         train_per_class, test_per_class, split_seed: the per-class split (module docstring).
         exclude_classes: class names to drop (e.g. Caltech-101's ``BACKGROUND_Google``).
         resize_mode: ``"resize_crop"`` or ``"squash"`` to the model's input size.
-        cache_dir: where to cache features (None: no cache).
+        cache_dir: where to cache features and decoded images (None: no cache).
         cs, folds, seed: see :func:`fit_linear_probe`.
         batch_size: images per forward pass; workers: decoding processes for file-based data.
 
@@ -381,7 +383,7 @@ def linear_probe(checkpoint, data: str, *, features: str | None = None, train_pe
                 if cached is not None:
                     matrices[split.name], cache[split.name] = cached, "hit"
                     continue
-        images, _, _ = materialise(split, size=size, mode=resize_mode, workers=workers)
+        images, _, _ = materialise(split, size=size, mode=resize_mode, workers=workers, cache_dir=cache_dir)
         matrices[split.name] = extract_features(trained, images, kind, batch_size=batch_size)
         cache[split.name] = "off" if path is None else "built"
         if path is not None:
@@ -395,8 +397,11 @@ def linear_probe(checkpoint, data: str, *, features: str | None = None, train_pe
     per_class = {name: (float(hits[truth == k].mean()) if (truth == k).any() else None)
                  for k, name in enumerate(splits.class_names)}
     notes = list(splits.notes)
+    if len(cs) > 1 and fit["C"] in (min(cs), max(cs)):
+        notes.append(f"probe: C = {fit['C']:g} is at the edge of the searched grid ({min(cs):g}..{max(cs):g}); "
+                     f"a wider grid (cs=...) might fit better")
     if fit["convergence_warnings"]:
-        notes.append(f"lbfgs did not converge in {fit['convergence_warnings']} of the CV/refit fits "
+        notes.append(f"probe: lbfgs did not converge in {fit['convergence_warnings']} of the CV/refit fits "
                      f"(max_iter=2000); the chosen C is still the best cross-validated one")
     return ProbeResult(
         checkpoint=str(trained.checkpoint), model=trained.config.model, data=data, features=kind,
