@@ -187,8 +187,11 @@ def place_on_image(
 
     Edges: a footprint that extends past the image edge is clipped to the image and its weights
     renormalised, so the cell keeps its whole mass on fewer pixels, which then hold more mass
-    each (ResNet-style levels with ``offset = 0.5``: cell 0 is centred on pixel 0 and keeps
-    only the inner half of its footprint). Nothing leaks outside the image and nothing is lost:
+    each. ResNet-style levels (``offset = 0.5``) have cell 0 centred on pixel 0: at stride 4 it
+    keeps 2.5 of its 4 pixel-weights per axis, while the last cell (centre 28.5 on 32 px)
+    spreads over 5.5 (it also owns pixels 29-31). A *uniform* map thus puts 1.6x the inner
+    mass per pixel on the top and left edges (2.56x in the corner, its peak) and 0.73x past the
+    last centres. Nothing leaks outside the image and nothing is lost:
     ``placed.sum((-2, -1)) == maps.sum((-2, -1))`` up to rounding. A cell that reaches no pixel
     centre at all (``stride < 1``, or a cell more than a stride outside the image) puts its whole
     mass on the pixel under its centre, clamped into the image.
