@@ -261,7 +261,12 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False
     to the ``"ltpa"`` logger (raised to INFO for the run) and to ``train.log``.
 
     Raises:
-        ValueError: bad config or a folder that may not be written (nothing is changed then).
+        ValueError: anything :func:`~ltpa.train.run_plan.plan_run` rejects: bad config, data,
+            patterns, batch sizes, run files or a folder that may not be written. These are all
+            checked before the folder is touched, so nothing is written or deleted then.
+        FileNotFoundError: a missing ``config.init``.
+        OSError: a write failed; a full disk (or quota, or file size limit) names the file and
+            says whether to resume or start again.
         TrainingDiverged: NaN/inf loss, or a loss stuck at ln(num_classes) after
             ``stuck_warmup_epochs`` (checkpoints up to the previous epoch are kept).
     """
