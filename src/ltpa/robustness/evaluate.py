@@ -268,7 +268,7 @@ def run_robustness(checkpoints: Sequence, out: str | Path, *, data: str | None =
     ``robustness.png`` into ``out``.
 
     Each checkpoint sees the same images (the first ``limit`` of ``split``), decoded at its own
-    input size. Every input is checked before anything is written; an ``out`` that is not empty
+    input size with its own resize mode (as its training run saw them). Every input is checked before anything is written; an ``out`` that is not empty
     is refused unless ``overwrite`` and it holds an earlier ``robustness.json``, and then only the
     files that run recorded are replaced.
 
@@ -309,17 +309,18 @@ def run_robustness(checkpoints: Sequence, out: str | Path, *, data: str | None =
     defaults = {"num_classes": first.num_classes, "seed": first.data_seed, "num_test": first.num_test}
     if split == "test":
         defaults["num_train"] = 1  # synthetic: the test stream does not depend on it; skips generating 5,000 images
-    sets = {}
+    sets = {}  # the same images for every checkpoint, decoded as each run saw them (size, resize mode)
     for trained in models:
-        size = trained.config.image_size
-        if size not in sets:
-            sets[size] = load_evaluation_set(data, image_size=size, limit=limit, split=split,
-                                             synthetic_defaults=defaults)
-            if sets[size].targets is None:
+        view = (trained.config.image_size, trained.config.resize_mode)
+        if view not in sets:
+            sets[view] = load_evaluation_set(data, image_size=view[0], resize_mode=view[1], limit=limit,
+                                             split=split, synthetic_defaults=defaults)
+            if sets[view].targets is None:
                 raise ValueError(f"{data!r} has no class labels to attack against; use a classification data set")
-    curves = tuple(attack_accuracy(m, sets[m.config.image_size].images, sets[m.config.image_size].targets,
-                                   attack=attack, eps=eps, steps=steps, step_size=step_size,
-                                   random_start=random_start, seed=seed, batch_size=batch_size) for m in models)
+    views = [sets[(m.config.image_size, m.config.resize_mode)] for m in models]
+    curves = tuple(attack_accuracy(m, view.images, view.targets, attack=attack, eps=eps, steps=steps,
+                                   step_size=step_size, random_start=random_start, seed=seed, batch_size=batch_size)
+                   for m, view in zip(models, views))
     result = RobustnessResult(attack, eps, steps, step_size, random_start, seed, curves, f"{data} ({split})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
