@@ -83,14 +83,24 @@ def preserve_model_state(model: nn.Module) -> Iterator[None]:
 
 
 def check_heat(heat: object, name: str = "heat") -> Tensor:
-    """``heat`` as a float ``(N, H, W)`` tensor (accepts ``(N, 1, H, W)``), finite."""
+    """``heat`` as a float ``(N, H, W)`` tensor (accepts ``(N, 1, H, W)``), finite.
+
+    A view of the caller's tensor where possible (never written to); integer maps become float64.
+
+    Raises:
+        ValueError: wrong shape, empty, or NaN/infinite values.
+        TypeError: bool or complex values.
+    """
     maps = torch.as_tensor(heat)
     if maps.dim() == 4 and maps.shape[1] == 1:
         maps = maps[:, 0]
     if maps.dim() != 3 or maps.numel() == 0:
         raise ValueError(
-            f"{name} must be a non-empty (N, H, W) or (N, 1, H, W) batch, got {tuple(maps.shape)}."
+            f"{name} must be a non-empty (N, H, W) or (N, 1, H, W) batch, got {tuple(maps.shape)}; "
+            f"add the batch axis with {name}[None] for a single map."
         )
+    if maps.dtype == torch.bool or maps.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got {maps.dtype}.")
     if not maps.is_floating_point():
         maps = maps.double()
     if not torch.isfinite(maps).all():

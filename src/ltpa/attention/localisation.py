@@ -14,17 +14,23 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import Tensor
 
+from ltpa.attention._inputs import check_heat
 from ltpa.attention.maps import _check_image_size
 from ltpa.attention.peaks import peak_pixels
 
 __all__ = [
+    "ENERGY_NORMALISATIONS",
+    "POINTING_TIES",
     "box_to_mask",
     "centre_prior",
     "energy_pointing_game",
+    "minmax",
     "pointing_game",
     "random_map",
+    "zhang_tolerance",
 ]
 
 
@@ -35,22 +41,28 @@ def box_to_mask(box: Tensor | np.ndarray | Sequence[float], image_size: Sequence
     ``y0 <= y + 0.5 < y1`` (half-open like the pixels themselves), so the box ``(2, 3, 5, 4)``
     covers columns 2-4 of row 3. Parts of a box outside the image are ignored.
 
+    Several objects per image: ``(B, K, 4)`` boxes give each image the union of its ``K`` boxes;
+    pad images with fewer objects with zero-size boxes such as ``(0, 0, 0, 0)``, which cover no
+    pixel.
+
     Args:
-        box: ``(4,)`` or ``(B, 4)`` finite ``(x0, y0, x1, y1)`` with ``x0 <= x1`` and ``y0 <= y1``.
+        box: ``(4,)``, ``(B, 4)`` or ``(B, K, 4)`` finite ``(x0, y0, x1, y1)`` with ``x0 <= x1``
+            and ``y0 <= y1``.
         image_size: ``(H, W)`` in pixels.
 
     Returns:
-        Bool tensor ``(H, W)`` for one box or ``(B, H, W)`` for a batch, on the box's device
-        (CPU for arrays and sequences).
+        Bool tensor ``(H, W)`` for one box or ``(B, H, W)`` for a batch (the union of each
+        image's boxes), on the box's device (CPU for arrays and sequences).
 
     Raises:
         ValueError: wrong shape, non-finite or inverted boxes, bad ``image_size``.
     """
     height, width = _check_image_size(image_size)
     boxes = torch.as_tensor(box, dtype=torch.float64)
-    if boxes.shape[-1:] != (4,) or boxes.dim() not in (1, 2):
+    if boxes.shape[-1:] != (4,) or boxes.dim() not in (1, 2, 3):
         raise ValueError(
-            f"box must have shape (4,) or (B, 4) as (x0, y0, x1, y1), got {tuple(boxes.shape)}."
+            f"box must have shape (4,), (B, 4) or (B, K, 4) as (x0, y0, x1, y1), got "
+            f"{tuple(boxes.shape)}."
         )
     if not torch.isfinite(boxes).all():
         raise ValueError("box contains NaN or infinite coordinates.")
@@ -63,27 +75,10 @@ def box_to_mask(box: Tensor | np.ndarray | Sequence[float], image_size: Sequence
     ys = torch.arange(height, dtype=torch.float64, device=boxes.device) + 0.5
     inside_x = (xs >= batched[:, 0:1]) & (xs < batched[:, 2:3])  # (B, W)
     inside_y = (ys >= batched[:, 1:2]) & (ys < batched[:, 3:4])  # (B, H)
-    masks = inside_y[:, :, None] & inside_x[:, None, :]  # (B, H, W)
+    masks = inside_y[:, :, None] & inside_x[:, None, :]  # (B*K, H, W)
+    if boxes.dim() == 3:
+        return masks.view(*boxes.shape[:2], height, width).any(1)
     return masks[0] if boxes.dim() == 1 else masks
-
-
-def _as_heat(heat: Tensor | np.ndarray) -> Tensor:
-    """``heat`` as a float ``(B, H, W)`` tensor (a view where possible; never written to)."""
-    maps = torch.as_tensor(heat)
-    if maps.dim() == 4 and maps.shape[1] == 1:
-        maps = maps[:, 0]
-    if maps.dim() != 3 or maps.numel() == 0:
-        raise ValueError(
-            f"heat must be a non-empty (B, H, W) or (B, 1, H, W) batch, got {tuple(maps.shape)}; "
-            "add the batch axis with heat[None] for a single map."
-        )
-    if maps.dtype == torch.bool or maps.is_complex():
-        raise TypeError(f"heat must hold real numbers, got {maps.dtype}.")
-    if not maps.is_floating_point():
-        maps = maps.double()
-    if not torch.isfinite(maps).all():
-        raise ValueError("heat contains NaN or infinite values; check the model's maps.")
-    return maps
 
 
 def _region(heat: Tensor, box: object, mask: object) -> Tensor:
@@ -123,80 +118,141 @@ def _region(heat: Tensor, box: object, mask: object) -> Tensor:
     return region
 
 
+POINTING_TIES = ("centroid", "any")
+
+# Zhang et al. (ECCV 2016, Sec. 5.1; IJCV 2018): a hit within 15 pixels, on ~224 px inputs.
+ZHANG_TOLERANCE_PX = 15.0
+ZHANG_IMAGE_PX = 224.0
+
+
+def zhang_tolerance(image_size: Sequence[int]) -> float:
+    """The pointing-game tolerance of Zhang et al. (2018), 15 px at 224 px, scaled to the image:
+    ``15 * min(H, W) / 224`` pixels (about 2.1 px at 32x32, 5.4 px at 80x80)."""
+    height, width = _check_image_size(image_size)
+    return ZHANG_TOLERANCE_PX * min(height, width) / ZHANG_IMAGE_PX
+
+
 def pointing_game(
     heat: Tensor | np.ndarray,
     box: Tensor | np.ndarray | Sequence[float] | None = None,
     mask: Tensor | np.ndarray | None = None,
     tolerance: float = 0,
+    *,
+    ties: str = "centroid",
 ) -> Tensor:
-    """Pointing game (Zhang et al., Excitation Backprop, 2016): is the map's peak on the object?
+    """Pointing game (Zhang et al., "Top-down neural attention by excitation backprop", ECCV
+    2016, Sec. 5.1; IJCV 2018): is the map's peak on the object?
 
-    The peak is the maximum; where several pixels tie (a feature-resolution cell upsampled to
-    a plateau, or a constant map), it is the tied pixel nearest to the centroid of the ties
-    (:func:`~ltpa.attention.peaks.peak_pixels`, the rule the part table uses too), so ties do
-    not drift to the top-left (a constant map points at the image centre). A hit is scored
-    when some pixel of the region lies within Euclidean distance ``tolerance`` (measured
-    between pixel centres) of the peak, i.e. the region dilated by a disc of radius
-    ``tolerance``. The original protocol uses 15 px on ImageNet-sized (~224 px) inputs; scale
-    it with the image, e.g. ~2 px at 32x32.
+    Where the maximum is attained by several pixels (a cell placed as a plateau, a constant
+    map), ``ties`` decides:
+
+    * ``"centroid"`` (ltpa's rule, the default): one peak, the tied pixel nearest to the
+      centroid of the ties (:func:`~ltpa.attention.peaks.peak_pixels`, the rule the part table
+      uses too), so ties do not drift to the top-left (a constant map points at the image
+      centre);
+    * ``"any"`` (Quantus' ``PointingGame``): a hit when *any* tied maximum hits. A constant map
+      then hits every non-empty region, so this rule flatters flat maps.
+
+    A peak hits when some pixel of the region lies within Euclidean distance ``tolerance`` of
+    it (between pixel centres), i.e. the region dilated by a disc of radius ``tolerance``. The
+    original protocol uses 15 px on ~224 px images: :func:`zhang_tolerance` scales it to the
+    image. Several objects: pass ``(B, K, 4)`` boxes or a mask holding their union; a peak on
+    any of them is a hit.
 
     Args:
         heat: ``(B, H, W)`` or ``(B, 1, H, W)`` finite maps at image resolution.
-        box: ``(4,)`` (one for all maps) or ``(B, 4)`` boxes ``(x0, y0, x1, y1)``; rasterised
-            with :func:`box_to_mask`. Give either ``box`` or ``mask``.
-        mask: bool ``(H, W)`` or ``(B, H, W)`` regions (e.g. a union of several boxes).
+        box: ``(4,)`` (one for all maps), ``(B, 4)`` or ``(B, K, 4)`` boxes ``(x0, y0, x1, y1)``,
+            rasterised with :func:`box_to_mask`. Give either ``box`` or ``mask``.
+        mask: bool ``(H, W)`` or ``(B, H, W)`` regions.
         tolerance: dilation radius in pixels, ``>= 0``.
+        ties: ``"centroid"`` or ``"any"``, see above.
 
     Returns:
         Bool tensor ``(B,)``: ``True`` where the peak hits the (dilated) region. A region with no
-        pixels is a miss (with a warning).
+        pixels is a miss (with a warning); Quantus scores it as a hit (its NaN marker turns into
+        ``True`` in a bool array), a difference pinned by ``tests/attention/test_quantus.py``.
 
     Raises:
-        ValueError: shapes, non-finite values, a negative tolerance, or not exactly one of
-            ``box``/``mask``.
+        ValueError: shapes, non-finite values, a negative tolerance, an unknown ``ties``, or not
+            exactly one of ``box``/``mask``.
         TypeError: a non-bool mask.
     """
-    if not isinstance(tolerance, (int, float)) or not math.isfinite(tolerance) or tolerance < 0:
+    if (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
+            or not math.isfinite(tolerance) or tolerance < 0):
         raise ValueError(f"tolerance must be a finite number of pixels >= 0, got {tolerance!r}.")
-    maps = _as_heat(heat)
+    if ties not in POINTING_TIES:
+        raise ValueError(f"ties must be one of {POINTING_TIES}, got {ties!r}.")
+    maps = check_heat(heat)
     region = _region(maps, box, mask)
     batch, height, width = maps.shape
-    rows, columns = peak_pixels(maps)
+    if ties == "centroid":
+        rows, columns = peak_pixels(maps)
+        candidates = torch.zeros_like(region)
+        candidates[torch.arange(batch, device=maps.device), rows, columns] = True
+    else:
+        flat = maps.reshape(batch, -1)
+        candidates = (flat == flat.max(1, keepdim=True).values).view(batch, height, width)
     if tolerance == 0:
-        return region[torch.arange(batch, device=maps.device), rows, columns]
-    ys = torch.arange(height, device=maps.device)
-    xs = torch.arange(width, device=maps.device)
-    distance2 = (ys[None, :, None] - rows[:, None, None]) ** 2 + (
-        xs[None, None, :] - columns[:, None, None]
-    ) ** 2  # (B, H, W), integer squared pixel-centre distances
-    return (region & (distance2 <= tolerance**2)).flatten(1).any(1)
+        return (candidates & region).flatten(1).any(1)
+    near = torch.stack([torch.from_numpy(_within(r, tolerance)) for r in region.cpu().numpy()])
+    return (candidates & near.to(region.device)).flatten(1).any(1)
+
+
+def _within(region: np.ndarray, tolerance: float) -> np.ndarray:
+    """Bool ``(H, W)``: pixels whose centre lies within ``tolerance`` of a pixel of ``region``."""
+    if not region.any():
+        return region.copy()
+    # Exact nearest region pixel of every pixel; squared distances are whole numbers, compared
+    # exactly with tolerance**2.
+    nearest = ndimage.distance_transform_edt(~region, return_distances=False, return_indices=True)
+    ys, xs = np.indices(region.shape)
+    distance2 = (ys - nearest[0]) ** 2 + (xs - nearest[1]) ** 2
+    return distance2 <= tolerance**2
+
+
+ENERGY_NORMALISATIONS = ("raw", "minmax")
 
 
 def energy_pointing_game(
     heat: Tensor | np.ndarray,
     box: Tensor | np.ndarray | Sequence[float] | None = None,
     mask: Tensor | np.ndarray | None = None,
+    *,
+    normalise: str = "raw",
 ) -> Tensor:
-    """Energy-based pointing game (Wang et al., Score-CAM, 2020): map mass inside the region.
+    """Energy-based pointing game (Wang et al., Score-CAM, CVPR-W 2020, Sec. 4.3): the share of
+    the map's energy inside the region, ``sum(L * region) / sum(L)`` per map.
 
-    ``sum(heat * region) / sum(heat)`` per map, on the raw non-negative values (no min-max
-    rescaling, so a uniform map scores the region's area fraction).
+    ``normalise`` says what ``L`` is:
+
+    * ``"raw"`` (ltpa's default): the map itself, e.g. attention mass. A uniform map scores the
+      region's area fraction, so the score reads as "mass on the object"; this is Quantus'
+      ``RelevanceMassAccuracy`` (Arras et al. 2022) for non-negative maps.
+    * ``"minmax"`` (Score-CAM's convention, the one published energies use): each map first
+      stretched to [0, 1] by its own min and max. The minimum pixel then carries no energy, so
+      the score rises for maps with a floor (e.g. a softmax map is never 0) and a constant map
+      has no energy (NaN).
 
     Args:
         heat: ``(B, H, W)`` or ``(B, 1, H, W)`` non-negative finite maps at image resolution
             (softmax and sigmoid maps are; rectify signed maps first, e.g. ``heat.clamp(min=0)``).
-        box: ``(4,)`` or ``(B, 4)`` boxes, see :func:`pointing_game`.
+        box: ``(4,)``, ``(B, 4)`` or ``(B, K, 4)`` boxes, see :func:`pointing_game`.
         mask: bool ``(H, W)`` or ``(B, H, W)`` regions.
+        normalise: ``"raw"`` or ``"minmax"``.
 
     Returns:
-        float64 tensor ``(B,)`` in [0, 1]; ``NaN`` (with a warning) for an all-zero map, whose
-        energy is undefined, so that averages can skip it with ``nanmean``.
+        float64 tensor ``(B,)`` in [0, 1]; ``NaN`` (with a warning) for a map without energy
+        (all zero, or constant under ``"minmax"``), so that averages can skip it with
+        ``nanmean``. An empty region scores 0 (with a warning); Quantus gives NaN there.
 
     Raises:
-        ValueError: shapes, negative or non-finite values, or not exactly one of ``box``/``mask``.
+        ValueError: shapes, negative or non-finite values, an unknown ``normalise``, or not
+            exactly one of ``box``/``mask``.
         TypeError: a non-bool mask.
     """
-    maps = _as_heat(heat)
+    if normalise not in ENERGY_NORMALISATIONS:
+        raise ValueError(f"normalise must be one of {ENERGY_NORMALISATIONS}, got {normalise!r}.")
+    maps = check_heat(heat)
     if (maps < 0).any():
         raise ValueError(
             f"heat must be non-negative for the energy game, got min {float(maps.min()):.3g}; "
@@ -204,14 +260,25 @@ def energy_pointing_game(
         )
     region = _region(maps, box, mask)
     values = maps.double()
+    if normalise == "minmax":
+        values = minmax(values)
     total = values.flatten(1).sum(1)
     inside = (values * region).flatten(1).sum(1)
     zero = total == 0
     if zero.any():
-        warnings.warn(
-            f"{int(zero.sum())} map(s) are all zero; their energy is NaN.", stacklevel=2
-        )
+        what = "all zero" if normalise == "raw" else "constant (no energy after min-max)"
+        warnings.warn(f"{int(zero.sum())} map(s) are {what}; their energy is NaN.", stacklevel=2)
     return torch.where(zero, torch.full_like(total, float("nan")), inside / total.clamp(min=1e-300))
+
+
+def minmax(heat: Tensor) -> Tensor:
+    """Each ``(H, W)`` map of ``(B, H, W)`` stretched to [0, 1] by its own min and max; a
+    constant map becomes all zeros. A new float64 tensor."""
+    values = check_heat(heat).double()
+    low = values.flatten(1).min(1).values[:, None, None]
+    high = values.flatten(1).max(1).values[:, None, None]
+    span = high - low
+    return torch.where(span > 0, (values - low) / span.clamp_min(1e-300), torch.zeros_like(values))
 
 
 def random_map(
