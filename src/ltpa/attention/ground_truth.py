@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..data.materialise import BBOX_MARGIN, MODES, prepare_split
 
-__all__ = ["EvaluationSet", "load_evaluation_set"]
+__all__ = ["EvaluationSet", "load_evaluation_set", "load_validation_set"]
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class EvaluationSet:
 
 def load_evaluation_set(spec: str, *, image_size: int, limit: int | None = None, split: str = "test",
                         synthetic_defaults: dict | None = None, resize_mode: str = "resize_crop",
-                        bbox_margin: float = BBOX_MARGIN) -> EvaluationSet:
+                        bbox_margin: float = BBOX_MARGIN, indices: Tensor | None = None) -> EvaluationSet:
     """Load ``split`` of a data spec as a run at ``image_size`` with ``resize_mode`` saw it.
 
     Args:
@@ -54,6 +54,8 @@ def load_evaluation_set(spec: str, *, image_size: int, limit: int | None = None,
         resize_mode: the run's ``resize_mode``: ``resize_crop``, ``squash`` or ``bbox_crop``
             (around each annotated box; for ``masks:`` around each mask's tight box).
         bbox_margin: the fraction of the box's side ``bbox_crop`` adds per side.
+        indices: keep these images of the split (before ``limit``), e.g. a run's validation
+            images; not for ``masks:`` folders.
 
     Raises:
         ValueError: unknown spec, split or resize mode, ``bbox_crop`` for a set without boxes,
@@ -66,6 +68,9 @@ def load_evaluation_set(spec: str, *, image_size: int, limit: int | None = None,
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ValueError(f"limit must be a whole number >= 1 (images to use), got {limit!r}")
     if spec.startswith("masks:"):
+        if indices is not None:
+            raise ValueError(f"{spec!r} is a folder of images with masks, without a training split to take "
+                             "validation images from; hold out part of it instead (e.g. --calibrate 50)")
         from ..data.masks import load_mask_folder
 
         folder = load_mask_folder(spec.split(":", 1)[1], image_size, limit=limit, mode=resize_mode,
@@ -78,6 +83,8 @@ def load_evaluation_set(spec: str, *, image_size: int, limit: int | None = None,
     options.setdefault("image_size", image_size)
     source = load_data(spec, synthetic_options=options)
     data = getattr(source, split)
+    if indices is not None:
+        data = data.select(torch.as_tensor(indices, dtype=torch.int64))
     if limit is not None:
         data = data.select(torch.arange(min(limit, len(data))))
     if resize_mode == "bbox_crop" and data.boxes is None and data.files is not None:
@@ -87,3 +94,49 @@ def load_evaluation_set(spec: str, *, image_size: int, limit: int | None = None,
     return EvaluationSet(data.images, data.targets, data.masks, data.boxes, data.parts, data.part_visible,
                          tuple(data.part_names), f"{len(data)} {split} images of {source.name} ({resize_mode})")
 
+
+
+def load_validation_set(config, spec: str | None = None, *, limit: int | None = None) -> EvaluationSet:
+    """A run's validation images with their ground truth: the class-stratified part of its
+    training split that the trainer held out (:func:`ltpa.train.stratified_split` with the run's
+    ``subset_train``, ``val_fraction`` and ``data_seed``), prepared as the run prepared them.
+    They share no image with the test split, so thresholds chosen on them are honest.
+
+    Args:
+        config: the run's :class:`~ltpa.train.config.TrainConfig` (e.g. ``trained.config``).
+        spec: the data spec; default the run's own. Another spec's training split was not the
+            run's, so its "validation images" would be arbitrary: that is refused.
+        limit: keep the first ``limit`` validation images.
+
+    Raises:
+        ValueError: another spec than the run's, a run without a validation split, or a
+            ``masks:`` folder (no training split).
+    """
+    from ..train import stratified_split
+
+    spec = spec or config.data
+    if spec != config.data:
+        raise ValueError(f"validation images exist for the run's own data ({config.data!r}), not for {spec!r}; "
+                         f"hold out part of the evaluation set instead (e.g. --calibrate 50)")
+    if config.val_fraction <= 0:
+        raise ValueError("this run has no validation split (val_fraction=0); hold out part of the evaluation "
+                         "set instead (e.g. --calibrate 50)")
+    defaults = {"num_classes": config.num_classes, "seed": config.data_seed, "num_test": config.num_test,
+                "num_train": config.num_train}
+    options = dict(image_size=config.image_size, synthetic_defaults=defaults, resize_mode=config.resize_mode)
+    if spec.startswith("masks:"):
+        return load_evaluation_set(spec, indices=torch.zeros(0), **options)  # refused there, with the fix
+    from ..data.sources import load_data
+
+    targets = torch.as_tensor(load_data(spec, synthetic_options={**defaults, "image_size": config.image_size})
+                              .train.targets, dtype=torch.int64)
+    kept = torch.arange(len(targets))
+    if 0 < config.subset_train < len(targets):  # the trainer's class-stratified subset, then its split
+        _, kept = stratified_split(targets, config.subset_train / len(targets), config.data_seed)
+    _, val = stratified_split(targets[kept], config.val_fraction, config.data_seed)
+    chosen = kept[val]
+    evaluation = load_evaluation_set(spec, split="train", limit=limit, indices=chosen, **options)
+    return EvaluationSet(evaluation.images, evaluation.targets, evaluation.masks, evaluation.boxes,
+                         evaluation.parts, evaluation.part_visible, evaluation.part_names,
+                         f"{len(evaluation.images)} validation images (held out of the training split) of "
+                         f"{evaluation.description.split(' of ', 1)[-1]}")

@@ -3,17 +3,22 @@
 :func:`localise` computes, for the learned attention (each level) and the baselines (Grad-CAM,
 Grad-CAM++, LayerCAM, CAM of a VGG-GAP model, centre prior, random), on the same images:
 
-* pointing game (with ``tolerance``) and energy pointing game against the mask (or box);
-* Jaccard of binarised maps against the mask (fixed and data-set-best thresholds, per-image
-  upper bound), see :mod:`ltpa.attention.segmentation`;
+* pointing game (a named variant: ``ltpa``, ``zhang2018`` or ``quantus``) and energy pointing
+  game (``raw`` or ``minmax``) against the mask (or box);
+* Jaccard of binarised maps against the mask (fixed threshold, a threshold calibrated on a
+  disjoint split when one is given, the oracle threshold, per-image upper bound), see
+  :mod:`ltpa.attention.segmentation`;
+* with boxes, MaxBoxAccV2 and GT-known / top-1 localisation; with masks, PxAP (see
+  :mod:`ltpa.attention.metrics.wsol`), thresholds calibrated on the same disjoint split;
 * the level x part table, see :mod:`ltpa.attention.parts`, when keypoints are given;
-* deletion / insertion AUCs, see :mod:`ltpa.attention.faithfulness`;
+* deletion / insertion AUCs and ROAD, see :mod:`ltpa.attention.faithfulness`;
 * the spread diagnostics of the learned maps and their plain-words explanation, see
   :mod:`ltpa.attention.diagnostics`.
 
 :func:`write_localisation_report` writes ``localisation.json`` (everything), ``localisation.csv``
 (one row per method/level, one column per metric), ``diagnostics.txt`` (the explanation),
-``parts.png`` and ``faithfulness.png``.
+``parts.png`` and ``faithfulness.png``. :data:`ltpa.attention.metrics.METRICS` defines and cites
+every column.
 """
 from __future__ import annotations
 
@@ -29,9 +34,11 @@ from torch import Tensor, nn
 from ltpa.attention._inputs import prepare_images
 from ltpa.attention.cam_baselines import CAM_METHODS, default_cam_layer, gap_cam_maps, grad_cam_maps
 from ltpa.attention.diagnostics import explain, summarise_maps
-from ltpa.attention.faithfulness import deletion_insertion, plot_faithfulness
+from ltpa.attention.faithfulness import ROAD_PERCENTILES, deletion_insertion, plot_faithfulness, road
 from ltpa.attention.localisation import box_to_mask, centre_prior, energy_pointing_game, pointing_game, random_map
 from ltpa.attention.maps import AttentionMaps, compute_maps
+from ltpa.attention.metrics import pointing_rule
+from ltpa.attention.metrics.wsol import best_box_iou, box_accuracy_scores, pixel_average_precision, wsol_thresholds
 from ltpa.attention.overlays import save_figure
 from ltpa.attention.parts import part_table, plot_part_table
 from ltpa.attention.segmentation import DEFAULT_THRESHOLDS, segmentation_scores
@@ -40,9 +47,14 @@ __all__ = ["METHODS", "DEFAULT_METHODS", "localise", "localise_trained", "write_
 
 METHODS = ("attention", *CAM_METHODS, "cam", "centre", "random")
 DEFAULT_METHODS = ("attention", *CAM_METHODS, "centre", "random")
-CSV_COLUMNS = ("method", "level", "kind", "pointing", "energy", "jaccard_fixed", "jaccard_best",
-               "best_threshold", "jaccard_per_image_best_upper_bound", "peak_on_part", "peak_part_fraction",
-               "deletion_auc", "insertion_auc")
+CSV_COLUMNS = ("method", "level", "kind", "pointing", "energy", "jaccard_fixed", "jaccard_calibrated",
+               "calibrated_threshold", "jaccard_oracle", "oracle_threshold", "jaccard_per_image_best_upper_bound",
+               "maxboxacc_v2", "boxacc_v2_calibrated", "gt_known_calibrated", "gt_known_oracle",
+               "top1_loc_calibrated", "top1_loc_oracle", "pxap", "peak_on_part", "peak_part_fraction",
+               "deletion_auc", "insertion_auc", "road_morf", "road_lerf", "road_combined")
+_TABLE_HIDDEN = ("jaccard_per_image_best_upper_bound", "road_morf", "road_lerf", "peak_part_fraction")
+_WSOL_KEYS = ("maxboxacc_v2", "boxacc_v2_calibrated", "gt_known_calibrated", "gt_known_oracle",
+              "top1_loc_calibrated", "top1_loc_oracle")
 
 
 def _heats(
@@ -83,6 +95,18 @@ def _heats(
     return rows, learned
 
 
+def _truth(masks: Tensor | None, boxes: Tensor | None, count: int, height: int, width: int,
+           what: str) -> tuple[Tensor, Tensor | None]:
+    """The region every score uses (masks, else rasterised boxes) and the boxes as given."""
+    if masks is None and boxes is None:
+        raise ValueError(f"localise needs ground truth{what}: pass masks=(N, H, W) bool or boxes=(N, 4).")
+    truth = torch.as_tensor(masks) if masks is not None else box_to_mask(boxes, (height, width))
+    if truth.shape != (count, height, width) or truth.dtype != torch.bool:
+        raise ValueError(f"masks{what} must be bool ({count}, {height}, {width}) like the images, got "
+                         f"{truth.dtype} {tuple(truth.shape)}.")
+    return truth, None if boxes is None else torch.as_tensor(boxes)
+
+
 def localise(
     model: nn.Module,
     images: Tensor,
@@ -99,83 +123,135 @@ def localise(
     gap_model: nn.Module | None = None,
     cam_layer: str | None = None,
     target_classes: Tensor | None = None,
-    tolerance: float = 0.0,
+    pointing: str = "ltpa",
+    tolerance: float | None = None,
+    energy: str = "raw",
+    calibration_images: Tensor | None = None,
+    calibration_masks: Tensor | None = None,
+    calibration_boxes: Tensor | None = None,
+    calibration_target_classes: Tensor | None = None,
     part_radius: float | None = None,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     fixed_threshold: float = 0.5,
+    wsol_interval: float = 0.01,
     faithfulness_images: int | None = None,
     steps: int = 16,
+    road_percentiles: Sequence[int] | None = ROAD_PERCENTILES,
     seed: int = 0,
     batch_size: int = 64,
 ) -> dict:
     """Every localisation metric per method and level, on one set of images.
 
     The model's mode, parameters' gradients and the caller's tensors are left unchanged.
+    :data:`ltpa.attention.metrics.METRICS` defines and cites every score.
 
     Args:
         model: a trained ltpa model with attention (e.g. ``load_trained(path).model``).
         images: uint8 ``(N, 3, H, W)`` with ``mean``/``std`` (``trained.config.mean``/``std``),
             or float images already normalised (then no mean/std).
         masks: bool ``(N, H, W)`` object masks; the region of every score. Without masks,
-            ``boxes`` ``(N, 4)`` ``(x0, y0, x1, y1)`` are rasterised (Jaccard is then against boxes).
+            ``boxes`` ``(N, 4)`` or ``(N, K, 4)`` ``(x0, y0, x1, y1)`` are rasterised (Jaccard is
+            then against boxes). Boxes also give MaxBoxAccV2 and GT-known/top-1 Loc; masks give
+            PxAP.
         parts: ``(N, P, 2)`` keypoints ``(x, y)`` with ``part_visible`` bool ``(N, P)`` and
             ``part_names`` (P); enables the part table.
-        targets: ``(N,)`` true classes; adds the accuracy.
+        targets: ``(N,)`` true classes; adds the accuracy and top-1 Loc.
         methods: subset of :data:`METHODS`; ``"attention"`` gives one row per level, ``"cam"``
             needs ``gap_model``.
         gap_model: a trained VGG-GAP model on the same data, for ``"cam"``.
         cam_layer: Grad-CAM layer, default :func:`~ltpa.attention.cam_baselines.default_cam_layer`.
         target_classes: ``(N,)`` classes the class-specific maps explain (default the
             prediction); LTPA attention is class-agnostic and ignores it.
-        tolerance: pointing-game tolerance in pixels.
+        pointing: pointing-game variant, ``"ltpa"``, ``"zhang2018"`` or ``"quantus"`` (see
+            :mod:`ltpa.attention.metrics`).
+        tolerance: pointing-game tolerance in pixels, replacing the variant's own.
+        energy: ``"raw"`` (attention mass) or ``"minmax"`` (Score-CAM's convention).
+        calibration_images: images disjoint from ``images`` (same dtype convention), with
+            ``calibration_masks``/``calibration_boxes`` of the same kind as the scored ground
+            truth; the Jaccard and box thresholds are chosen there and the scored images get
+            ``*_calibrated`` scores. ``calibration_target_classes`` are their CAM classes.
         part_radius: keypoint disc radius in px; default 6% of the short side (~2 px at 32).
         thresholds, fixed_threshold: Jaccard threshold grid and fixed threshold.
-        faithfulness_images: deletion/insertion on the first this many images (``0`` skips
-            them, ``None`` uses all; each costs ``2 * (steps + 1)`` forward passes per row).
+        wsol_interval: step of the score-map thresholds of the box scores and PxAP.
+        faithfulness_images: deletion/insertion/ROAD on the first this many images (``0`` skips
+            them, ``None`` uses all; deletion/insertion cost ``2 * (steps + 1)`` forward passes
+            per row and image, ROAD ``2 * len(road_percentiles)`` imputations and passes).
         steps: deletion/insertion steps.
-        seed: seed of the random baseline.
+        road_percentiles: ROAD's percentiles; ``None`` or empty skips ROAD.
+        seed: seed of the random baseline and of ROAD's imputation noise.
         batch_size: images per forward pass.
 
     Returns:
-        A JSON-ready dict: ``num_images``, ``image_size``, ``region``, ``tolerance``,
+        A JSON-ready dict: ``num_images``, ``image_size``, ``region``, ``pointing`` (variant,
+        ties, tolerance), ``energy``, ``tolerance``, ``calibration`` (None or the split's size),
         ``accuracy`` (or None), ``rows`` ``{row: {"method", "level", "kind", "pointing",
-        "energy", "jaccard_fixed", ...}}`` (the CSV), ``segmentation`` (full curves),
-        ``parts`` (table or None), ``faithfulness`` (curves or None), ``diagnostics`` and
-        ``explanation`` (learned maps; None without ``"attention"``).
+        "energy", "jaccard_fixed", ...}}`` (the CSV), ``segmentation`` (full curves), ``wsol``
+        (per-delta box accuracies) , ``parts`` (table or None), ``faithfulness`` (curves or
+        None), ``road`` (curves or None), ``diagnostics`` and ``explanation`` (learned maps;
+        None without ``"attention"``).
 
     Raises:
-        ValueError: no ground truth, mismatched counts, unknown methods.
+        ValueError: no ground truth, mismatched counts, unknown methods or variants.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}.")
     inputs = prepare_images(images, mean, std)
     count, _, height, width = inputs.shape
-    if masks is None and boxes is None:
-        raise ValueError("localise needs ground truth: pass masks=(N, H, W) bool or boxes=(N, 4).")
+    truth, box_truth = _truth(masks, boxes, count, height, width, "")
     region = "mask" if masks is not None else "box"
-    truth = torch.as_tensor(masks) if masks is not None else box_to_mask(boxes, (height, width))
-    if truth.shape != (count, height, width) or truth.dtype != torch.bool:
-        raise ValueError(f"masks must be bool ({count}, {height}, {width}) like the images, got "
-                         f"{truth.dtype} {tuple(truth.shape)}.")
+    rule = pointing_rule(pointing, (height, width), tolerance)
     if parts is not None and part_names is None:
         raise ValueError("parts need part_names (one name per keypoint), e.g. dataset.part_names.")
+    calibrated = calibration_images is not None
+    if calibrated:
+        held_inputs = prepare_images(calibration_images, mean, std)
+        if tuple(held_inputs.shape[1:]) != tuple(inputs.shape[1:]):
+            raise ValueError(f"calibration images must be {tuple(inputs.shape[1:])} like the images, got "
+                             f"{tuple(held_inputs.shape[1:])}.")
+        if (calibration_masks is None) != (masks is None) or (calibration_boxes is None) != (boxes is None):
+            raise ValueError("the calibration split needs the same kind of ground truth as the scored images "
+                             f"(masks: {masks is not None}, boxes: {boxes is not None}).")
+        held_truth, held_boxes = _truth(calibration_masks, calibration_boxes, held_inputs.shape[0], height, width,
+                                        " of the calibration split")
 
     rows, learned = _heats(model, inputs, methods, gap_model=gap_model, cam_layer=cam_layer,
                            target_classes=target_classes, seed=seed, batch_size=batch_size)
+    held_rows = {}
+    if calibrated:
+        held_rows, _ = _heats(model, held_inputs, methods, gap_model=gap_model, cam_layer=cam_layer,
+                              target_classes=calibration_target_classes, seed=seed + 1, batch_size=batch_size)
+    predictions = learned.predictions if learned is not None else None
+    if targets is not None and predictions is None:
+        predictions = compute_maps(model, inputs, batch_size=batch_size).predictions
+    correct = None if targets is None else predictions == torch.as_tensor(targets)
+    grid = wsol_thresholds(wsol_interval)
+
     table: dict[str, dict] = {}
     segmentation: dict[str, dict] = {}
+    wsol: dict[str, dict] = {}
     for name, row in rows.items():
         heat = row["heat"]
-        seg = segmentation_scores(heat, truth, thresholds=thresholds, fixed_threshold=fixed_threshold)
+        held = (held_rows[name]["heat"], held_truth) if calibrated else None
+        seg = segmentation_scores(heat, truth, thresholds=thresholds, fixed_threshold=fixed_threshold,
+                                  calibration=held)
         segmentation[name] = seg
         table[name] = {
             "method": row["method"], "level": row["level"], "kind": row["kind"],
-            "pointing": float(pointing_game(heat, mask=truth, tolerance=tolerance).float().mean()),
-            "energy": float(energy_pointing_game(heat, mask=truth).nanmean()),
-            **{key: seg[key] for key in ("jaccard_fixed", "jaccard_best", "best_threshold",
-                                         "jaccard_per_image_best_upper_bound")},
+            "pointing": float(pointing_game(heat, mask=truth, **rule).float().mean()),
+            "energy": float(energy_pointing_game(heat, mask=truth, normalise=energy).nanmean()),
+            **{key: seg[key] for key in ("jaccard_fixed", "jaccard_calibrated", "calibrated_threshold",
+                                         "jaccard_oracle", "oracle_threshold", "jaccard_best", "best_threshold",
+                                         "jaccard_per_image_best_upper_bound") if key in seg},
         }
+        if box_truth is not None:
+            held_ious = best_box_iou(held_rows[name]["heat"], held_boxes, grid) if calibrated else None
+            boxes_scores = box_accuracy_scores(best_box_iou(heat, box_truth, grid), grid, correct=correct,
+                                               calibration=held_ious)
+            wsol[name] = boxes_scores
+            table[name].update({key: boxes_scores[key] for key in _WSOL_KEYS if key in boxes_scores})
+        if masks is not None:
+            table[name]["pxap"] = pixel_average_precision(heat, truth, interval=wsol_interval)
 
     parts_result = None
     if parts is not None:
@@ -186,37 +262,41 @@ def localise(
             part, fraction = max(info["peak"].items(), key=lambda item: item[1])
             table[name].update(peak_on_part=part, peak_part_fraction=fraction)
 
-    faithfulness = None
+    faithfulness = road_result = None
     used = count if faithfulness_images is None else min(int(faithfulness_images), count)
     if used > 0:
-        faithfulness = deletion_insertion(
-            model, inputs[:used], {name: row["heat"][:used] for name, row in rows.items()},
-            steps=steps, batch_size=max(batch_size, 4 * (steps + 1)),
-            target_classes=None if target_classes is None else torch.as_tensor(target_classes)[:used])
+        heats = {name: row["heat"][:used] for name, row in rows.items()}
+        classes = None if target_classes is None else torch.as_tensor(target_classes)[:used]
+        faithfulness = deletion_insertion(model, inputs[:used], heats, steps=steps, target_classes=classes,
+                                          batch_size=max(batch_size, 4 * (steps + 1)))
         for name, scores in faithfulness["methods"].items():
             table[name].update(deletion_auc=scores["deletion"]["auc"], insertion_auc=scores["insertion"]["auc"])
+        if road_percentiles:
+            road_result = road(model, inputs[:used], heats, percentiles=road_percentiles, target_classes=classes,
+                               seed=seed, batch_size=batch_size)
+            for name, scores in road_result["methods"].items():
+                table[name].update({key: scores[key] for key in ("road_morf", "road_lerf", "road_combined")})
 
     diagnostics = summarise_maps(learned) if learned is not None else None
-    accuracy = None
-    reference = learned.predictions if learned is not None else None
-    if targets is not None:
-        if reference is None:
-            reference = compute_maps(model, inputs, batch_size=batch_size).predictions
-        accuracy = float((reference == torch.as_tensor(targets)).float().mean())
+    accuracy = None if correct is None else float(correct.float().mean())
     return _jsonable({
-        "num_images": count, "image_size": [height, width], "region": region, "tolerance": tolerance,
+        "num_images": count, "image_size": [height, width], "region": region,
+        "pointing": {"variant": pointing, **rule}, "energy": energy, "tolerance": rule["tolerance"],
+        "calibration": {"images": int(held_inputs.shape[0])} if calibrated else None,
         "accuracy": accuracy, "methods": list(methods),
         "cam_layer": (cam_layer or default_cam_layer(model)) if any(m in CAM_METHODS for m in methods) else None,
-        "rows": table, "segmentation": segmentation, "parts": parts_result,
-        "faithfulness": faithfulness, "faithfulness_images": used,
+        "rows": table, "segmentation": segmentation, "wsol": wsol or None, "parts": parts_result,
+        "faithfulness": faithfulness, "road": road_result, "faithfulness_images": used,
         "diagnostics": diagnostics, "explanation": explain(diagnostics) if diagnostics else None,
     })
 
 
-def localise_trained(trained, images: Tensor, **kwargs) -> dict:
-    """:func:`localise` for a :func:`ltpa.inference.load_trained` result and uint8 images, which
-    are prepared exactly as in training (mean/std or the run's ZCA whitening)."""
-    return localise(trained.model, trained.prepare(images), **kwargs)
+def localise_trained(trained, images: Tensor, *, calibration_images: Tensor | None = None, **kwargs) -> dict:
+    """:func:`localise` for a :func:`ltpa.inference.load_trained` result and uint8 images (and
+    uint8 ``calibration_images``), which are prepared exactly as in training (mean/std or the
+    run's ZCA whitening)."""
+    held = None if calibration_images is None else trained.prepare(calibration_images)
+    return localise(trained.model, trained.prepare(images), calibration_images=held, **kwargs)
 
 
 def _jsonable(value):
@@ -230,15 +310,18 @@ def _jsonable(value):
 
 
 def format_table(result: dict) -> str:
-    """The rows of :func:`localise` as an aligned text table (for logs and the CLI)."""
-    columns = [c for c in CSV_COLUMNS[3:] if any(c in row for row in result["rows"].values())]
-    header = f"{'method/level':<22}" + "".join(f"{c[:14]:>15}" for c in columns)
+    """The main scores of :func:`localise` as an aligned text table (for logs and the CLI); the
+    CSV has every column."""
+    shown = [c for c in CSV_COLUMNS[3:] if not c.endswith("threshold") and c not in _TABLE_HIDDEN]
+    columns = [c for c in shown if any(c in row for row in result["rows"].values())]
+    widths = [max(len(c), 8) + 1 for c in columns]
+    header = f"{'method/level':<22}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))
     lines = [header]
     for name, row in result["rows"].items():
         cells = []
-        for c in columns:
+        for c, w in zip(columns, widths):
             value = row.get(c)
-            cells.append(f"{value:>15.3f}" if isinstance(value, float) else f"{str(value if value is not None else ''):>15}")
+            cells.append(f"{value:>{w}.3f}" if isinstance(value, float) else f"{str(value if value is not None else ''):>{w}}")
         lines.append(f"{name:<22}" + "".join(cells))
     return "\n".join(lines)
 
