@@ -32,6 +32,7 @@ a map with large plateaus (a coarse level placed with ``nearest``) removes fewer
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -243,8 +244,11 @@ def road(
             # grad-cam's removal and noisy linear imputation, one image at a time; the forward
             # passes of all percentiles and both orders are batched here.
             for name, heat in heats.items():
-                imputed = torch.stack([remove(image, heat[index]).float()
-                                       for kind in ("morf", "lerf") for remove in removers[kind]])
+                with warnings.catch_warnings():
+                    # grad-cam's imputer hands torch tensors to np.argwhere (NumPy 2 deprecation)
+                    warnings.filterwarnings("ignore", message="__array_wrap__", category=DeprecationWarning)
+                    imputed = torch.stack([remove(image, heat[index]).float()
+                                           for kind in ("morf", "lerf") for remove in removers[kind]])
                 probability = torch.cat([_logits(model, chunk.to(device)).float().softmax(1)[:, target].cpu()
                                          for chunk in imputed.split(batch_size)]).double()
                 per_image[name]["morf"].append(probability[:len(grid)])
