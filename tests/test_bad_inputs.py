@@ -279,6 +279,7 @@ def test_a_full_disk_names_the_file_and_how_to_resume(tmp_path, monkeypatch, cap
     assert json.loads((out / "final_metrics.json").read_text())["epochs_completed"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(resource, "RLIMIT_FSIZE"), reason="needs RLIMIT_FSIZE")
 def test_a_file_size_limit_stops_the_run_with_one_line(tmp_path):
     """A real failed write: the kernel refuses to grow a file past RLIMIT_FSIZE (EFBIG)."""
