@@ -247,14 +247,16 @@ def explain(summary: dict) -> str:
     Answers "why does this level look empty in the overlay?" with numbers: the uniform share
     1/n, how far the peak rises above it, how many positions (and input pixels) the mass
     effectively covers, and where the level's brightest pixel lands on the colour scale shared
-    with the other levels. Two different causes are told apart: a faint map (near-uniform, or
-    spread over many more positions than the brightest level) and a tiny one (a bright peak
-    covering only a few input pixels).
+    with the other levels (mass per input pixel). Two different causes are told apart: a faint
+    map (near-uniform, or spread over many more input pixels than the level that sets the shared
+    scale) and a tiny one (a bright peak covering only a few input pixels).
     """
     levels = summary["levels"]
     if not levels:
         return "no attention levels to explain."
-    brightest = max(levels, key=lambda name: levels[name]["stats"]["max_mass"]["mean"])
+    # The overlays' 'mass' scale is mass per input pixel (AttentionMaps.upsampled), shared by the
+    # levels of an image: the level that reaches its top most often sets it.
+    brightest = max(levels, key=lambda name: levels[name]["stats"]["shared_scale_peak"]["mean"])
     top_key = summary["topk"][-1] if summary["topk"] else None
     coarsest = max(levels, key=lambda name: levels[name]["stride"])
     coarse = levels[coarsest]["stride"]
@@ -279,25 +281,23 @@ def explain(summary: dict) -> str:
                  f"(uniform {info['border_uniform']:.0%}). Verdict: {_verdict(info)}.")
         peak = stats["shared_scale_peak"]["mean"]
         other = levels[brightest]
+        other_footprint = other["stats"]["effective_positions"]["median"] * other["stride"] ** 2
+        spread = (f"its mass covers ~{footprint:.0f} input pixels in the median image (~{effective['median']:.0f} "
+                  f"positions of {stride**2:g} pixel(s) each) where {brightest}'s covers ~{other_footprint:.0f}")
         if name != brightest and peak < 0.25:
-            ratio = other["stats"]["max_mass"]["mean"] / max(stats["max_mass"]["mean"], 1e-300)
-            text += (f" On the 'mass' colour scale shared with {brightest} (mean max mass "
-                     f"{other['stats']['max_mass']['mean']:.3g}, {ratio:.0f}x higher) its brightest "
-                     f"pixel reaches only {peak:.0%} of the scale, so it renders as ~0 everywhere.")
+            text += (f" On the 'mass' colour scale (mass per input pixel, shared with {brightest}) its brightest "
+                     f"pixel reaches only {peak:.0%} of the scale, so it renders as ~0 everywhere: its peak holds "
+                     f"{stats['max_mass_per_pixel']['mean']:.3g} mass per input pixel vs "
+                     f"{other['stats']['max_mass_per_pixel']['mean']:.3g} for {brightest}.")
             if info["flagged"]["uniform"] >= 50:
                 text += " Here the map really is spread out: near-uniform attention, not a rendering artefact."
             else:
-                text += (f" This is mostly resolution, not absence: {name} splits its unit mass over "
-                         f"{n / other['positions']:.0f}x more positions than {brightest}; per input pixel its "
-                         f"peak holds {stats['max_mass_per_pixel']['mean']:.3g} vs "
-                         f"{other['stats']['max_mass_per_pixel']['mean']:.3g} for {brightest}.")
+                text += f" This is spread, not absence: {spread}."
             text += " Use --mode per-map (each map on its own scale) to see its shape."
         elif name != brightest and peak < 0.5:
-            text += (f" On the 'mass' colour scale shared with {brightest} its brightest pixel reaches "
-                     f"{peak:.0%} of the scale on average, so it renders faint next to {brightest}: "
-                     f"{name} spreads its mass over ~{effective['median']:.0f} positions where {brightest} "
-                     f"uses ~{other['stats']['effective_positions']['median']:.0f}. Use --mode per-map to see "
-                     "its shape.")
+            text += (f" On the 'mass' colour scale (mass per input pixel, shared with {brightest}) its brightest "
+                     f"pixel reaches {peak:.0%} of the scale on average, so it renders faint next to {brightest}: "
+                     f"{spread}. Use --mode per-map to see its shape.")
         elif footprint / image_pixels < 0.01 and info["flagged"]["uniform"] < 50:
             text += (f" In the overlay it is not zero but tiny: its brightest pixel reaches {peak:.0%} of the "
                      f"shared 'mass' colour scale, yet half of the images have their mass on ~{footprint:.0f} "

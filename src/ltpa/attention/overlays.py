@@ -148,10 +148,11 @@ def normalise_for_display(
     """Put one image's per-level maps on a common colour scale for display.
 
     Modes:
-        ``"mass"``: raw values, unchanged, and one ``(vmin, vmax)`` spanning all levels, so the
-        same colour means the same attention value in every level. Note that softmax maps of a
-        finer level spread their unit mass over more cells, so each cell holds less; divide by
-        ``stride ** 2`` beforehand to compare mass per pixel instead.
+        ``"mass"``: raw values of ``AttentionMaps.upsampled``, i.e. attention mass per input
+        pixel, on one scale shared by all levels: one ``(vmin, vmax)`` spanning them, so the same
+        colour means the same mass per pixel in every level. A level that spreads its unit mass
+        over more input pixels (a broad map, or a coarse level whose cells cover ``stride ** 2``
+        pixels each) is fainter.
         ``"shared"``: all levels min-max scaled together to [0, 1] (one min and max over all
         levels); relative differences between levels survive, absolute values do not.
         ``"per-map"``: each map stretched to its own [0, 1]; every map looks as peaked as it
@@ -291,7 +292,7 @@ def attention_grid(
                 ax=list(axes[row, 1:]), fraction=0.05, pad=0.02,
             )
             bar.ax.tick_params(labelsize=7)
-            bar.set_label("attention", fontsize=8)
+            bar.set_label("mass per pixel", fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
