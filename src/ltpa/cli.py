@@ -97,17 +97,28 @@ def _cmd_attend(args: argparse.Namespace) -> int:
 
 
 def _evaluation_set(args: argparse.Namespace, trained):
-    from .attention.ground_truth import load_evaluation_set
+    """The images (with ground truth) a command scores, prepared exactly as the run's training was."""
+    from .inference import evaluation_set
 
-    config = trained.config
-    spec = args.data or config.data
-    defaults = {"num_classes": config.num_classes, "seed": config.data_seed, "num_test": config.num_test}
-    return load_evaluation_set(spec, image_size=config.image_size, limit=args.limit, split=args.split,
-                               synthetic_defaults=defaults)
+    return evaluation_set(trained.config, args.data, limit=args.limit, split=args.split)
+
+
+def _calibration(args: argparse.Namespace, trained, evaluation):
+    """``(scored, calibration)`` for ``--calibrate``: none, the run's validation images (``val``),
+    or the first N evaluation images (then only the rest are scored)."""
+    from .attention.ground_truth import hold_out, load_validation_set
+
+    if args.calibrate is None:
+        return evaluation, None
+    if args.calibrate == "val":
+        return evaluation, load_validation_set(trained.config, args.data)
+    held, scored = hold_out(evaluation, args.calibrate)
+    return scored, held
 
 
 def _cmd_localise(args: argparse.Namespace) -> int:
-    from .attention.report import format_table, localise_trained, write_localisation_report
+    from .attention.faithfulness import ROAD_PERCENTILES
+    from .attention.report import class_targets, format_table, localise_trained, write_localisation_report
     from .inference import load_trained, prepare_out_dir
 
     trained = load_trained(args.checkpoint)
@@ -123,14 +134,43 @@ def _cmd_localise(args: argparse.Namespace) -> int:
             raise ValueError("--gap-checkpoint must be trained on the same data and preprocessing "
                              "(image size, mean/std, no ZCA) as the checkpoint")
         gap_model, methods = gap.model, methods + ("cam",)
+    evaluation, calibration = _calibration(args, trained, evaluation)
+    targets = class_targets(args.target, evaluation.targets, len(evaluation.images))
+    held_targets = None if calibration is None else class_targets(args.target, calibration.targets,
+                                                                  len(calibration.images))
     out = prepare_out_dir(args.out, overwrite=args.overwrite, what="localisation report",
                           marker="localisation.json")
-    result = localise_trained(trained, evaluation.images, **evaluation.ground_truth(),
-                              methods=methods, gap_model=gap_model, tolerance=args.tolerance,
-                              faithfulness_images=args.faithfulness_images, steps=args.steps)
+    result = localise_trained(
+        trained, evaluation.images, **evaluation.ground_truth(), methods=methods, gap_model=gap_model,
+        pointing=args.pointing, tolerance=args.tolerance, energy=args.energy, target_classes=targets,
+        calibration_images=None if calibration is None else calibration.images,
+        calibration_masks=None if calibration is None else calibration.masks,
+        calibration_boxes=None if calibration is None else calibration.boxes,
+        calibration_target_classes=held_targets, faithfulness_images=args.faithfulness_images, steps=args.steps,
+        road_percentiles=None if args.no_road else ROAD_PERCENTILES)
     paths = write_localisation_report(result, out)
+    if calibration is not None:
+        print(f"thresholds calibrated on {calibration.description}")
     print(f"{evaluation.description}; checkpoint {trained.checkpoint}")
     print(format_table(result))
+    print("files: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_sanity(args: argparse.Namespace) -> int:
+    from .attention.report import class_targets
+    from .attention.sanity import sanity_trained, write_sanity_report
+    from .inference import load_trained, prepare_out_dir
+
+    trained = load_trained(args.checkpoint)
+    evaluation = _evaluation_set(args, trained)
+    targets = class_targets(args.target, evaluation.targets, len(evaluation.images))
+    out = prepare_out_dir(args.out, overwrite=args.overwrite, what="sanity check", marker="sanity.json")
+    result = sanity_trained(trained, evaluation.images, methods=tuple(args.methods), modes=tuple(args.modes),
+                            init=args.init, bn_stats=args.bn_stats, seed=args.seed, target_classes=targets)
+    paths = write_sanity_report(result, out)
+    print(f"{evaluation.description}; checkpoint {trained.checkpoint}")
+    print(result["explanation"])
     print("files: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -214,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "train"))
     p.add_argument("--limit", type=_count(1), default=16, help="with --data: the first N images (default 16)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--size", type=_count(1), default=None, help="short side to resize to (default: training size)")
+    p.add_argument("--size", type=_count(1), default=None, help="side of the square images (default: the training size; the run's resize mode applies)")
     p.add_argument("--mode", default="mass", choices=("mass", "shared", "per-map"),
                    help="colour scale of the overlays (default mass: raw attention, one scale for all levels)")
     p.add_argument("--cmap", default="jet", help="matplotlib colormap")
@@ -233,7 +273,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report folder (JSON, CSV, figures)")
     p.add_argument("--methods", nargs="+", default=["attention", "gradcam", "gradcam++", "layercam", "centre", "random"],
                    help="attention gradcam gradcam++ layercam centre random")
-    p.add_argument("--tolerance", type=_non_negative_float, default=0.0, help="pointing-game tolerance in pixels")
+    p.add_argument("--pointing", default="ltpa", choices=("ltpa", "zhang2018", "quantus"),
+                   help="pointing-game rule: ltpa (one peak, ties to their centroid; default), zhang2018 (15 px "
+                        "tolerance at 224 px, scaled), quantus (a hit if any tied maximum is inside)")
+    p.add_argument("--tolerance", type=_non_negative_float, default=None,
+                   help="pointing-game tolerance in pixels, replacing the rule's own")
+    p.add_argument("--energy", default="raw", choices=("raw", "minmax"),
+                   help="energy pointing game on the raw map (default) or min-max normalised (Score-CAM)")
+    p.add_argument("--calibrate", type=_calibrate_choice, default=None, metavar="val|N",
+                   help="choose the Jaccard and box thresholds on held-out images: val (the run's validation "
+                        "images) or N (the first N evaluation images, not scored); default none (oracle only)")
+    p.add_argument("--target", type=_target_choice, default="prediction", metavar="prediction|label|N",
+                   help="class the Grad-CAM family explains: the prediction (default), the true label, or class N")
+    p.add_argument("--no-road", action="store_true", help="skip ROAD (noisy-linear-imputation faithfulness)")
     p.add_argument("--gap-checkpoint", default=None,
                    help="a VGG-GAP checkpoint on the same data: adds its CAM as a baseline")
     p.add_argument("--faithfulness-images", type=_count(0), default=100,
@@ -241,6 +293,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_count(1), default=16, help="deletion/insertion steps")
     p.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
     p.set_defaults(func=_cmd_localise)
+
+    p = sub.add_parser("sanity", help="do the maps depend on the learned weights? model-parameter randomisation "
+                                      "(Adebayo et al. 2018) of every level and Grad-CAM")
+    evaluation_options(p)
+    p.set_defaults(limit=16)
+    p.add_argument("--out", required=True, help="report folder (sanity.json, sanity.txt, sanity.png)")
+    p.add_argument("--methods", nargs="+", default=["attention", "gradcam"], choices=("attention", "gradcam",
+                   "gradcam++", "layercam"), help="maps to check (default: attention gradcam)")
+    p.add_argument("--modes", nargs="+", default=["cascading", "independent"], choices=("cascading", "independent"))
+    p.add_argument("--init", default="reset", choices=("reset", "shuffle"),
+                   help="random values: each layer's reset_parameters (default) or its trained values shuffled")
+    p.add_argument("--bn-stats", default="recompute", choices=("recompute", "reset", "keep"),
+                   help="BatchNorm running statistics of randomised layers: re-estimated on the images (default), "
+                        "reset to 0/1, or kept")
+    p.add_argument("--target", type=_target_choice, default="prediction", metavar="prediction|label|N",
+                   help="class Grad-CAM explains at every stage (default: the trained model's prediction)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
+    p.set_defaults(func=_cmd_sanity)
 
     p = sub.add_parser("diagnose", help="explain in plain words what each attention level does")
     evaluation_options(p)
@@ -293,6 +364,32 @@ def _count(minimum: int):
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
+
+
+def _calibrate_choice(text: str) -> str | int:
+    """``--calibrate``: ``val`` or a count of held-out images >= 1."""
+    if text == "val":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'val' or a number of images >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'val' or a number of images >= 1, got {value}")
+    return value
+
+
+def _target_choice(text: str) -> str | int:
+    """``--target``: ``prediction``, ``label`` or a class index >= 0."""
+    if text in ("prediction", "label"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected prediction, label or a class index, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a class index >= 0, got {value}")
+    return value
 
 
 def _non_negative_float(text: str) -> float:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..data.materialise import BBOX_MARGIN, MODES, prepare_split
 
-__all__ = ["EvaluationSet", "load_evaluation_set", "load_validation_set"]
+__all__ = ["EvaluationSet", "hold_out", "load_evaluation_set", "load_validation_set"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,14 @@ class EvaluationSet:
     part_visible: Tensor | None
     part_names: tuple[str, ...]
     description: str
+
+    def select(self, index: slice) -> EvaluationSet:
+        """The images in ``index`` (a slice) with their ground truth."""
+        def part(value):
+            return None if value is None else value[index]
+
+        return EvaluationSet(self.images[index], part(self.targets), part(self.masks), part(self.boxes),
+                             part(self.parts), part(self.part_visible), self.part_names, self.description)
 
     def ground_truth(self) -> dict:
         """Keyword arguments for :func:`~ltpa.attention.report.localise`."""
@@ -140,3 +148,23 @@ def load_validation_set(config, spec: str | None = None, *, limit: int | None = 
                          evaluation.parts, evaluation.part_visible, evaluation.part_names,
                          f"{len(evaluation.images)} validation images (held out of the training split) of "
                          f"{evaluation.description.split(' of ', 1)[-1]}")
+
+
+def hold_out(evaluation: EvaluationSet, count: int) -> tuple[EvaluationSet, EvaluationSet]:
+    """Split ``evaluation`` into a calibration part (its first ``count`` images) and the scored
+    rest, which share no image.
+
+    Raises:
+        ValueError: ``count`` leaves no image on either side.
+    """
+    total = len(evaluation.images)
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 < count < total:
+        raise ValueError(f"--calibrate {count!r} must hold out between 1 and {total - 1} of the {total} evaluation "
+                         f"images (the rest are scored); raise --limit or hold out fewer")
+    held, scored = evaluation.select(slice(0, count)), evaluation.select(slice(count, total))
+    return (EvaluationSet(*[getattr(held, f) for f in _FIELDS], f"{count} held-out images of {evaluation.description}"),
+            EvaluationSet(*[getattr(scored, f) for f in _FIELDS],
+                          f"{total - count} scored images of {evaluation.description}"))
+
+
+_FIELDS = ("images", "targets", "masks", "boxes", "parts", "part_visible", "part_names")

@@ -43,7 +43,8 @@ from ltpa.attention.overlays import save_figure
 from ltpa.attention.parts import part_table, plot_part_table
 from ltpa.attention.segmentation import DEFAULT_THRESHOLDS, segmentation_scores
 
-__all__ = ["METHODS", "DEFAULT_METHODS", "localise", "localise_trained", "write_localisation_report"]
+__all__ = ["METHODS", "DEFAULT_METHODS", "class_targets", "localise", "localise_trained",
+           "write_localisation_report"]
 
 METHODS = ("attention", *CAM_METHODS, "cam", "centre", "random")
 DEFAULT_METHODS = ("attention", *CAM_METHODS, "centre", "random")
@@ -289,6 +290,25 @@ def localise(
         "faithfulness": faithfulness, "road": road_result, "faithfulness_images": used,
         "diagnostics": diagnostics, "explanation": explain(diagnostics) if diagnostics else None,
     })
+
+
+def class_targets(target: str | int, labels: Tensor | None, count: int) -> Tensor | None:
+    """The classes class-specific maps explain: ``"prediction"`` (None: each model's own),
+    ``"label"`` (``labels``, the true classes) or a class index for every image.
+
+    Raises:
+        ValueError: ``"label"`` without labels, or an unknown choice.
+    """
+    if target == "prediction":
+        return None
+    if target == "label":
+        if labels is None:
+            raise ValueError("--target label needs the images' true classes, which this data set does not have; "
+                             "use --target prediction or a class index")
+        return torch.as_tensor(labels, dtype=torch.int64)
+    if isinstance(target, int) and not isinstance(target, bool) and target >= 0:
+        return torch.full((count,), target, dtype=torch.int64)
+    raise ValueError(f"target must be 'prediction', 'label' or a class index >= 0, got {target!r}")
 
 
 def localise_trained(trained, images: Tensor, *, calibration_images: Tensor | None = None, **kwargs) -> dict:
