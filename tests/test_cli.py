@@ -242,7 +242,7 @@ def test_localise_without_ground_truth_says_which_specs_have_it(run_dir, tmp_pat
 
     no_truth = ground_truth.EvaluationSet(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), None, None, None,
                                           None, None, (), "2 images")
-    monkeypatch.setattr(ground_truth, "load_evaluation_set", lambda *a, **k: no_truth)
+    monkeypatch.setattr("ltpa.inference.load_evaluation_set", lambda *a, **k: no_truth)
     out = tmp_path / "loc"
     assert main(["localise", str(run_dir / "checkpoints" / "best.json"), "--out", str(out)]) == 2
     assert "masks:PATH" in capsys.readouterr().err

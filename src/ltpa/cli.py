@@ -203,6 +203,34 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_robustness(args: argparse.Namespace) -> int:
+    from .robustness import format_table, run_robustness
+
+    result = run_robustness(args.checkpoints, args.out, data=args.data, split=args.split, limit=args.limit,
+                            attack=args.attack, eps=args.eps, steps=args.steps, step_size=args.step_size,
+                            random_start=not args.no_random_start, seed=args.seed, batch_size=args.batch_size,
+                            overwrite=args.overwrite)
+    print(format_table(result))
+    print(f"curve and numbers: {os.path.join(args.out, 'robustness.png')}, "
+          f"{os.path.join(args.out, 'robustness.json')}")
+    return 0
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from .transfer.probe import default_cache_dir, run_probe
+
+    exclude = [name.strip() for name in (args.exclude_classes or "").split(",") if name.strip()]
+    cache = None if args.no_cache else (args.cache_dir or default_cache_dir())
+    result = run_probe(args.checkpoint, args.data, args.out, overwrite=args.overwrite, features=args.features,
+                       train_per_class=args.train_per_class, test_per_class=args.test_per_class,
+                       split_seed=args.split_seed, exclude_classes=exclude, resize_mode=args.resize,
+                       cache_dir=cache)
+    print(result.summary())
+    if args.out:
+        print(f"saved: {os.path.join(args.out, 'probe.json')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ltpa", description="Learn to Pay Attention: train attention CNNs, see and measure their attention.")
@@ -328,6 +356,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a previous demo run in --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("robustness", help="accuracy under white-box FGSM/PGD vs epsilon; several checkpoints, one plot")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint .json/.safetensors files, e.g. a VGG and a VGG-att run")
+    p.add_argument("--data", default=None, help="labelled data spec (default: the checkpoints' own data)")
+    p.add_argument("--split", default="test", choices=("test", "train"))
+    p.add_argument("--limit", type=_count(1), default=1000, help="attack the first N images (default 1000)")
+    p.add_argument("--attack", default="fgsm", choices=("fgsm", "pgd"))
+    p.add_argument("--eps", default="1/255,2/255,4/255,8/255",
+                   help="L-inf budgets in [0, 1] pixels of the un-normalised image (fractions allowed); "
+                        "eps 0 (clean accuracy) is always added")
+    p.add_argument("--steps", type=_count(1), default=10, help="PGD steps (default 10)")
+    p.add_argument("--step-size", type=_non_negative_float, default=None,
+                   help="PGD step in pixel units (default 2.5*eps/steps)")
+    p.add_argument("--no-random-start", action="store_true", help="PGD starts from the clean image")
+    p.add_argument("--seed", type=int, default=0, help="seed of PGD's random start")
+    p.add_argument("--batch-size", type=_count(1), default=128)
+    p.add_argument("--out", required=True, help="folder for robustness.json and robustness.png")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier robustness result in --out")
+    p.set_defaults(func=_cmd_robustness)
+
+    p = sub.add_parser("probe", help="linear probe on frozen features: cross-domain transfer")
+    p.add_argument("checkpoint", help="checkpoint .json/.safetensors (e.g. RUN/checkpoints/best.json)")
+    p.add_argument("--data", required=True, help="labelled data: folder:PATH, cub:PATH, synthetic, cifar100:PATH ...")
+    p.add_argument("--features", default=None,
+                   help="attention (concatenated g_a; default for attention models), penultimate (default for "
+                        "the others) or level:NAME (one level's g_a)")
+    p.add_argument("--train-per-class", type=_count(1), default=None,
+                   help="pool both splits and draw N training images per class (Caltech-101: 30)")
+    p.add_argument("--test-per-class", type=_count(1), default=None,
+                   help="with --train-per-class: at most N test images per class (default: all the rest)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the per-class split")
+    p.add_argument("--exclude-classes", default=None,
+                   help="comma-separated classes to drop, e.g. BACKGROUND_Google for Caltech-101")
+    p.add_argument("--resize", default="resize_crop", choices=("resize_crop", "squash"),
+                   help="how images reach the model's input size (default resize_crop)")
+    p.add_argument("--cache-dir", default=None,
+                   help="feature cache folder (default $LTPA_CACHE_DIR/probe, else ~/.cache/ltpa/probe)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write cached features")
+    p.add_argument("--out", default=None, help="folder for probe.json (optional)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier probe.json in --out")
+    p.set_defaults(func=_cmd_probe)
     return parser
 
 
