@@ -135,9 +135,10 @@ def _cmd_localise(args: argparse.Namespace) -> int:
                              "(image size, mean/std, no ZCA) as the checkpoint")
         gap_model, methods = gap.model, methods + ("cam",)
     evaluation, calibration = _calibration(args, trained, evaluation)
-    targets = class_targets(args.target, evaluation.targets, len(evaluation.images))
+    classes = trained.config.num_classes
+    targets = class_targets(args.target, evaluation.targets, len(evaluation.images), classes)
     held_targets = None if calibration is None else class_targets(args.target, calibration.targets,
-                                                                  len(calibration.images))
+                                                                  len(calibration.images), classes)
     out = prepare_out_dir(args.out, overwrite=args.overwrite, what="localisation report",
                           marker="localisation.json")
     result = localise_trained(
@@ -159,12 +160,14 @@ def _cmd_localise(args: argparse.Namespace) -> int:
 
 def _cmd_sanity(args: argparse.Namespace) -> int:
     from .attention.report import class_targets
-    from .attention.sanity import sanity_trained, write_sanity_report
+    from .attention.sanity import check_options, sanity_trained, write_sanity_report
     from .inference import load_trained, prepare_out_dir
 
     trained = load_trained(args.checkpoint)
     evaluation = _evaluation_set(args, trained)
-    targets = class_targets(args.target, evaluation.targets, len(evaluation.images))
+    targets = class_targets(args.target, evaluation.targets, len(evaluation.images), trained.config.num_classes)
+    check_options(len(evaluation.images), methods=args.methods, modes=args.modes, init=args.init,
+                  bn_stats=args.bn_stats)
     out = prepare_out_dir(args.out, overwrite=args.overwrite, what="sanity check", marker="sanity.json")
     result = sanity_trained(trained, evaluation.images, methods=tuple(args.methods), modes=tuple(args.modes),
                             init=args.init, bn_stats=args.bn_stats, seed=args.seed, target_classes=targets)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from ltpa.attention import deletion_insertion
+from ltpa.attention import deletion_insertion, road
 from ltpa.attention.faithfulness import blur
 
 
@@ -46,3 +46,30 @@ def test_blur_keeps_constant_images_and_bad_inputs_are_refused():
         deletion_insertion(model, flat, {"m": torch.ones(1, 8, 8)}, steps=0)
     with pytest.raises(ValueError, match="baseline"):
         deletion_insertion(model, flat, {"m": torch.ones(1, 8, 8)}, deletion_baseline="zero")
+
+
+def test_road_removing_the_evidence_first_lowers_morf_and_keeping_it_raises_lerf():
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[3:5, 3:5] = True
+    model = _RegionModel(region).train()
+    images = torch.zeros(3, 3, 8, 8)
+    images[:, :, 3:5, 3:5] = 1.0  # the evidence is bright on a dark image; imputation fills it dark
+    before = images.clone()
+    good = region.double().expand(3, 8, 8) + 0.01 * torch.rand(3, 8, 8, dtype=torch.float64)
+    bad = 1 - good
+    state = torch.random.get_rng_state()
+    result = road(model, images, {"good": good, "bad": bad}, percentiles=(50, 90), batch_size=5)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is untouched
+    assert result["removed_fractions"] == [0.5, 0.1]
+    good_scores, bad_scores = result["methods"]["good"], result["methods"]["bad"]
+    assert good_scores["road_morf"] < bad_scores["road_morf"]
+    assert good_scores["road_lerf"] > bad_scores["road_lerf"]
+    assert good_scores["road_combined"] > bad_scores["road_combined"]
+    start = torch.softmax(torch.tensor([4.0, 0.0]), 0)[0].item()
+    assert bad_scores["morf"][1] == pytest.approx(start, abs=0.02)  # removing 10% background: no change
+    assert good_scores["morf"][1] < 0.6  # removing the top 10% (the 4 evidence pixels): near chance
+    again = road(model, images, {"good": good, "bad": bad}, percentiles=(50, 90))
+    assert again["methods"] == result["methods"]  # seeded imputation noise
+    assert model.training and torch.equal(images, before)
+    with pytest.raises(ValueError, match="percentiles"):
+        road(model, images, {"good": good}, percentiles=(0,))

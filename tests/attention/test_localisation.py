@@ -13,7 +13,9 @@ from ltpa.attention.localisation import (
     energy_pointing_game,
     pointing_game,
     random_map,
+    zhang_tolerance,
 )
+from ltpa.attention.metrics import METRICS, metrics_markdown, pointing_rule
 
 
 def _peaked(size: tuple[int, int], row: int, column: int, batch: int = 1) -> torch.Tensor:
@@ -170,3 +172,71 @@ def test_centre_prior_on_even_and_non_square_images():
     assert pointing_game(prior, box=(8, 4, 16, 12)).tolist() == [True]
     with pytest.raises(ValueError, match="sigma_fraction"):
         centre_prior((8, 8), sigma_fraction=0)
+
+
+def test_any_tie_rule_hits_when_some_tied_maximum_is_inside():
+    heat = torch.zeros(1, 8, 8)
+    heat[0, 0, 0] = heat[0, 7, 7] = 1.0  # two separate maxima; their centroid is between them
+    corner = torch.zeros(1, 8, 8, dtype=torch.bool)
+    corner[0, 7, 7] = True
+    assert pointing_game(heat, mask=corner, ties="any").tolist() == [True]
+    assert pointing_game(heat, mask=corner).tolist() == [False]  # ltpa: the first of the two, (0, 0)
+    # with a tolerance, any tied maximum within reach counts
+    near = torch.zeros(1, 8, 8, dtype=torch.bool)
+    near[0, 5, 7] = True
+    assert pointing_game(heat, mask=near, ties="any", tolerance=2).tolist() == [True]
+    assert pointing_game(heat, mask=near, ties="any", tolerance=1.9).tolist() == [False]
+    with pytest.raises(ValueError, match="ties"):
+        pointing_game(heat, mask=near, ties="all")
+
+
+def test_zhang_tolerance_is_15_px_at_224_scaled_to_the_image():
+    assert zhang_tolerance((224, 224)) == 15.0
+    assert zhang_tolerance((32, 32)) == pytest.approx(15 * 32 / 224)
+    assert zhang_tolerance((80, 120)) == pytest.approx(15 * 80 / 224)
+    assert pointing_rule("zhang2018", (32, 32)) == {"ties": "centroid", "tolerance": pytest.approx(2.142857)}
+    assert pointing_rule("quantus", (32, 32)) == {"ties": "any", "tolerance": 0.0}
+    assert pointing_rule("ltpa", (32, 32), tolerance=3) == {"ties": "centroid", "tolerance": 3.0}
+    with pytest.raises(ValueError, match="zhang2018"):
+        pointing_rule("zhang", (32, 32))
+    # a peak 2 px outside the box: a miss with no tolerance, a hit with Zhang's 2.14 px at 32 px
+    heat = _peaked((32, 32), 10, 14)
+    box = (4, 4, 12, 12)  # columns 4..11: the peak's column 14 is 3 px from the box's last column 11
+    assert pointing_game(heat, box=box, **pointing_rule("zhang2018", (32, 32))).tolist() == [False]
+    heat = _peaked((32, 32), 10, 13)
+    assert pointing_game(heat, box=box, **pointing_rule("zhang2018", (32, 32))).tolist() == [True]
+    assert pointing_game(heat, box=box).tolist() == [False]
+
+
+def test_several_boxes_per_image_count_a_peak_inside_any_of_them():
+    boxes = torch.tensor([[[0.0, 0.0, 2.0, 2.0], [6.0, 6.0, 8.0, 8.0]],
+                          [[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 0.0, 0.0]]])  # image 1: one box and padding
+    masks = box_to_mask(boxes, (8, 8))
+    assert masks.shape == (2, 8, 8) and masks.sum().item() == 8 + 4
+    heat = torch.stack([_peaked((8, 8), 7, 7)[0], _peaked((8, 8), 7, 7)[0]])
+    assert pointing_game(heat, box=boxes).tolist() == [True, False]
+    energy = energy_pointing_game(heat, box=boxes)
+    assert energy[0] > energy[1] > 0
+
+
+def test_minmax_energy_drops_the_floor_of_the_map():
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, 0, :2] = True  # 2 of 16 pixels
+    heat = torch.full((1, 4, 4), 0.5)
+    heat[0, 0, 0] = 1.5  # one bright pixel in the region, the rest a floor of 0.5
+    raw = energy_pointing_game(heat, mask=mask)
+    assert raw.item() == pytest.approx((1.5 + 0.5) / (1.5 + 15 * 0.5))
+    assert energy_pointing_game(heat, mask=mask, normalise="minmax").item() == pytest.approx(1.0)
+    with pytest.warns(UserWarning, match="constant"):
+        assert torch.isnan(energy_pointing_game(torch.ones(1, 4, 4), mask=mask, normalise="minmax")).all()
+    with pytest.raises(ValueError, match="normalise"):
+        energy_pointing_game(heat, mask=mask, normalise="max")
+
+
+def test_every_metric_is_named_defined_and_cited():
+    assert len({m.name for m in METRICS}) == len(METRICS)
+    table = metrics_markdown()
+    for info in METRICS:
+        assert info.definition and info.reference and info.default
+        assert info.name in table
+    assert "MaxBoxAccV2" in table and "Choe" in table and "Quantus" in table

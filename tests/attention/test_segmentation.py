@@ -59,3 +59,18 @@ def test_binarise_is_relative_to_each_maps_max_and_zero_maps_are_empty():
         binarise(heat, 0.0)
     with pytest.raises(TypeError):
         segmentation_scores(heat, heat.long())
+
+
+def test_calibrated_threshold_comes_from_the_held_out_split_and_the_oracle_from_the_scored_one():
+    masks = _masks()
+    # scored images: object 1.0, background 0.6 -> only a threshold above 0.6 separates them
+    heat = 0.6 + 0.4 * masks.float()
+    # calibration images: object 0.4, background 0 -> 0.2 works there, 0.8 would find nothing
+    held = 0.4 * masks.float()
+    scores = segmentation_scores(heat, masks, thresholds=(0.2, 0.8), calibration=(held, masks))
+    assert scores["oracle_threshold"] == 0.8 and scores["jaccard_oracle"] == pytest.approx(1.0)
+    assert scores["calibrated_threshold"] == 0.2 and scores["calibration_images"] == 2
+    # at 0.2 every pixel of the scored maps is on: Jaccard = the masks' area fractions
+    assert scores["jaccard_calibrated"] == pytest.approx(float((masks.flatten(1).sum(1) / 256.0).mean()))
+    assert scores["jaccard_best"] == scores["jaccard_oracle"]  # the old name, kept as an alias
+    assert "jaccard_calibrated" not in segmentation_scores(heat, masks, thresholds=(0.2, 0.8))

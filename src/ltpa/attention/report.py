@@ -292,13 +292,18 @@ def localise(
     })
 
 
-def class_targets(target: str | int, labels: Tensor | None, count: int) -> Tensor | None:
+def class_targets(target: str | int, labels: Tensor | None, count: int, num_classes: int | None = None
+                  ) -> Tensor | None:
     """The classes class-specific maps explain: ``"prediction"`` (None: each model's own),
     ``"label"`` (``labels``, the true classes) or a class index for every image.
 
     Raises:
-        ValueError: ``"label"`` without labels, or an unknown choice.
+        ValueError: ``"label"`` without labels, a class index outside ``[0, num_classes)``, or an
+            unknown choice.
     """
+    if num_classes is not None and isinstance(target, int) and not isinstance(target, bool) and target >= num_classes:
+        raise ValueError(f"--target {target} is not a class of this model (0 to {num_classes - 1}); give a class "
+                         f"index below {num_classes}, label or prediction")
     if target == "prediction":
         return None
     if target == "label":

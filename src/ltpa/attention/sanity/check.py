@@ -31,12 +31,34 @@ from ltpa.attention._inputs import prepare_images
 from ltpa.attention.cam_baselines import CAM_METHODS, default_cam_layer, grad_cam_maps
 from ltpa.attention.maps import compute_maps
 from ltpa.attention.metrics.similarity import SIMILARITIES, similarities
-from ltpa.attention.sanity.randomise import parameter_groups, randomise, recompute_bn_stats
+from ltpa.attention.sanity.randomise import BN_STATS, INITS, parameter_groups, randomise, recompute_bn_stats
 
-__all__ = ["MODES", "explain_sanity", "plot_sanity", "sanity_check", "sanity_trained", "write_sanity_report"]
+__all__ = ["MODES", "check_options", "explain_sanity", "plot_sanity", "sanity_check", "sanity_trained", "write_sanity_report"]
 
 MODES = ("cascading", "independent")
 SANITY_FILE = "sanity.json"
+
+
+def check_options(count: int, *, methods: Sequence[str], modes: Sequence[str], init: str, bn_stats: str) -> None:
+    """Refuse options :func:`sanity_check` cannot run with, before any work (or output folder).
+
+    Raises:
+        ValueError: unknown methods, modes, init or bn_stats, or ``bn_stats="recompute"`` with
+            fewer than 2 images.
+    """
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ValueError(f"modes must be a non-empty subset of {MODES}, got {list(modes)!r}.")
+    unknown = [m for m in methods if m != "attention" and m not in CAM_METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {['attention', *CAM_METHODS]}.")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+    if bn_stats not in BN_STATS:
+        raise ValueError(f"bn_stats must be one of {BN_STATS}, got {bn_stats!r}.")
+    if bn_stats == "recompute" and count < 2:
+        raise ValueError("bn_stats='recompute' estimates BatchNorm statistics from the images: give at least 2 "
+                         "images, or choose bn_stats='reset' or 'keep'.")
 
 
 def _maps(model: nn.Module, inputs: Tensor, methods: Sequence[str], cam_layer: str | None,
@@ -122,18 +144,10 @@ def sanity_check(
         and ``gallery`` (tensors for the figure; :func:`write_sanity_report` leaves it out of
         the JSON).
     """
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise ValueError(f"modes must be a non-empty subset of {MODES}, got {list(modes)!r}.")
-    unknown = [m for m in methods if m != "attention" and m not in CAM_METHODS]
-    if unknown or not methods:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {['attention', *CAM_METHODS]}.")
     if not (isinstance(flag_threshold, (int, float)) and -1 <= flag_threshold <= 1):
         raise ValueError(f"flag_threshold must be a correlation in [-1, 1], got {flag_threshold!r}.")
     inputs = prepare_images(images, mean, std)
-    if bn_stats == "recompute" and inputs.shape[0] < 2:
-        raise ValueError("bn_stats='recompute' estimates BatchNorm statistics from the images: give at least 2 "
-                         "images, or choose bn_stats='reset' or 'keep'.")
+    check_options(inputs.shape[0], methods=methods, modes=modes, init=init, bn_stats=bn_stats)
     groups = parameter_groups(model)
     if target_classes is None:
         classes = compute_maps(model, inputs, batch_size=batch_size).predictions if "attention" in methods else \
