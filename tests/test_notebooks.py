@@ -109,4 +109,4 @@ def test_cub_notebook_transfers_and_tables_the_parts(executed):
     assert "attention/conv10" in text and "attention/conv13" in text and "consistency" in text
     assert _images(notebook) >= 4  # resizing choices, curves, part table, attention
     report = (runs / "cub" / "report.html").read_text(encoding="utf-8")
-    assert "transfer_report.txt" in report
+    assert "transfer_report.txt" in report and "localise/localisation.json" in report

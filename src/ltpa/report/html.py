@@ -35,8 +35,9 @@ SECTIONS = (
     ("log", "Training log"),
 )
 SCALE_NOTES = {
-    "mass": "mass: the raw attention values on one colour scale shared by all levels of the image "
-            "(colour bar on the right). A level that spreads its unit mass over many positions looks faint.",
+    "mass": "mass: attention mass per input pixel on one colour scale shared by all levels of the image "
+            "(colour bar on the right). A level that spreads its unit mass over many input pixels (a broad "
+            "map, or a coarse level whose cells cover stride x stride pixels each) looks faint.",
     "shared": "shared: all levels of the image min-max scaled together to [0, 1]; relative differences "
               "between levels survive, absolute values do not.",
     "per-map": "per-map: each map stretched to its own [0, 1]; every level looks as peaked as it can, so "
