@@ -125,7 +125,9 @@ def test_localise_sanity_and_transfer_results_are_shown(tmp_path):
     (run / "sanity").mkdir()
     (run / "sanity" / "sanity.json").write_text(json.dumps({
         "checkpoint": "x.json", "explanation": "conv7 barely changes when the trunk is randomised: " + "x" * 80,
-        "stages": {"head": {"spearman": 0.9}, "trunk": {"spearman": 0.1}}}))
+        "stages": {"head": {"spearman": 0.9}, "trunk": {"spearman": 0.1}}, "similarities": ["spearman"],
+        "cascading": [{"stage": "trunk.conv13", "randomised": ["head", "trunk.conv13"],
+                       "similarity": {"attention/conv7": {"spearman": {"mean": 0.934, "std": 0.1}}}}]}))
     (run / "transfer_report.json").write_text(json.dumps({
         "source": "runs/source/checkpoints/epoch_0001.json", "source_format": "ltpa", "patterns": ["trunk.*"],
         "counts": {"loaded": 40, "skipped": 2}, "notes": [], "entries": []}))
@@ -136,6 +138,7 @@ def test_localise_sanity_and_transfer_results_are_shown(tmp_path):
     assert "data:image/png;base64," in localise and "conv13 verdict: focused" in localise
     sanity = _section(text, "sanity")
     assert "barely changes when the trunk is randomised" in sanity and "0.1" in sanity and "spearman" in sanity
+    assert "cascading randomisation: spearman" in sanity and "trunk.conv13" in sanity and "0.93" in sanity
     transfer = _section(text, "transfer")
     assert "runs/source/checkpoints/epoch_0001.json" in transfer and "40" in transfer
     assert "weight transfer from runs/source" in transfer

@@ -240,6 +240,24 @@ def _generic_tables(data: dict[str, Any]) -> list[dict[str, Any]]:
     return tables
 
 
+def _stage_tables(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """``ltpa sanity``'s stages as tables: per mode and similarity, stages x maps of mean values."""
+    tables = []
+    metrics = [m for m in data.get("similarities", []) if isinstance(m, str)]
+    for mode in ("cascading", "independent"):
+        stages = [st for st in data.get(mode) or [] if isinstance(st, dict) and isinstance(st.get("similarity"), dict)]
+        if not stages:
+            continue
+        sources = list(dict.fromkeys(src for st in stages for src in st["similarity"]))
+        for metric in metrics:
+            rows = [[str(st.get("stage", "?")),
+                     *(_number(((st["similarity"].get(src) or {}).get(metric) or {}).get("mean"), 2)
+                       for src in sources)] for st in stages]
+            tables.append({"title": f"{mode} randomisation: {metric} (mean over images) against the trained maps",
+                           "header": ["stage", *sources], "rows": rows})
+    return tables
+
+
 def sanity_sections(run: RunData) -> list[dict[str, Any]]:
     """One entry per sanity.json found: its words, scalar fields, tables, figures and raw JSON."""
     from ltpa.report.figures import file_uri
@@ -251,7 +269,7 @@ def sanity_sections(run: RunData) -> list[dict[str, Any]]:
         scalars = [(k, fmt(v)) for k, v in data.items() if _scalar(v) and (k, v) not in words]
         raw = json.dumps(data, indent=1, sort_keys=True)
         entries.append({"path": _rel(run, found.path), "words": words, "scalars": scalars,
-                        "tables": _generic_tables(data),
+                        "tables": _stage_tables(data) + _generic_tables(data),
                         "figures": [(name, file_uri(path)) for name, path in found.figures.items()],
                         "texts": list(found.texts.items()),
                         "raw": raw[:_RAW_JSON_CHARS] + ("\n..." if len(raw) > _RAW_JSON_CHARS else "")})
