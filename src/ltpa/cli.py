@@ -51,6 +51,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     test = result.test
     print(f"test top-1 {test['acc1']:.2f}%" + (f"  top-5 {test['acc5']:.2f}%" if "acc5" in test else "")
           + f"  ({result.test_weights} weights, epoch {result.tested_epoch}); run folder: {result.out_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one report
+        _write_report(result.out_dir)
     return 0
 
 
@@ -197,12 +199,32 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    path = build_report(args.run, args.out, data=args.data, attention_images=args.images)
+    print(f"report: {path}")
+    return 0
+
+
+def _write_report(out_dir) -> None:
+    """The report at the end of `ltpa train` / `ltpa demo`: a failure is a warning, never a failed run."""
+    from .report import build_report
+
+    try:
+        print(f"report: {build_report(out_dir)}")
+    except (ValueError, TypeError, OSError) as err:
+        logger.warning("the run finished, but its report was not written: %s (retry with `ltpa report %s`)",
+                       err, out_dir)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     overrides = {} if args.epochs is None else {"epochs": args.epochs}
     result = run_demo(args.out, overwrite=args.overwrite, progress=not args.no_progress, **overrides)
     print(result.summary)
+    _write_report(result.run.out_dir)
     return 0
 
 
@@ -352,6 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="e.g. synthetic, cifar100:/data/cifar, cub:/data/CUB_200_2011,classes=1-10")
     p.add_argument("--download", action="store_true", help="fetch missing official files (needs internet)")
     p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("report", help="one self-contained HTML file of a run folder: curves, metrics, attention")
+    p.add_argument("run", help="run folder (--out of ltpa train / ltpa demo); a run still training works too")
+    p.add_argument("--out", default=None, help="HTML file to write (default RUN/report.html)")
+    p.add_argument("--data", default=None,
+                   help="data spec of the test images for the attention maps (default: the run's own)")
+    p.add_argument("--images", type=_count(1), default=8,
+                   help="images in the attention viewer, half correct and half wrong (default 8)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="train VGG-att3 on the built-in synthetic data and score its attention")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")

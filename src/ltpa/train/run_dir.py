@@ -38,7 +38,7 @@ TENSORBOARD_DIR = "tb"
 ZCA_FILE = "zca.safetensors"
 CLASSES_FILE = "classes.json"
 # The demo's own outputs count as run files too, so --overwrite replaces them.
-DEMO_FILES = ("attention_overlays.png", "localisation.json", "summary.txt")
+DEMO_FILES = ("attention_overlays.png", "localisation.json", "summary.txt", "report.html")
 RUN_FILES = ("config.json", "environment.json", "train.log", "metrics.jsonl", "curves.png",
              "final_metrics.json", ZCA_FILE, CLASSES_FILE, "transfer_report.json", "transfer_report.txt",
              "test_report.json", "confusion_matrix.csv", "confusion_matrix.png", *DEMO_FILES)
