@@ -107,3 +107,27 @@ def test_explain_says_when_a_level_renders_faint_on_the_shared_scale():
     text = explain(summarise_maps(maps))
     fine = next(line for line in text.splitlines() if line.startswith("fine"))
     assert "renders faint next to coarse" in fine and "renders as ~0" not in fine
+
+
+def test_the_shared_scale_is_set_by_mass_per_pixel_not_per_cell():
+    """A one-hot coarse map holds more mass per *cell* (1.0) than a fine map spread over a few
+    pixels (0.3 at most), but each coarse cell spreads over 16 input pixels: per pixel the fine
+    level is brighter, sets the overlays' 'mass' scale, and the coarse one renders faint."""
+    from ltpa.attention import place_on_image
+
+    fine = torch.full((4, 1, 32, 32), 0.0)
+    fine[:, 0, 10:12, 10:12] = 0.25 - 1e-3  # four pixels of ~0.25 each, the rest spread thinly
+    fine = fine + (1 - fine.sum((2, 3), keepdim=True)) / 1024
+    coarse = torch.zeros(4, 1, 8, 8)
+    coarse[:, 0, 2, 2] = 1.0
+    levels = (LevelInfo("conv7", 8, 1.0, 0.5), LevelInfo("conv13", 8, 4.0, 2.0))
+    up = tuple(place_on_image(m, lv, (32, 32)) for m, lv in zip((fine, coarse), levels))
+    maps = AttentionMaps((fine, coarse), up, levels, torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), "softmax")
+    summary = summarise_maps(maps)
+    assert summary["levels"]["conv13"]["stats"]["max_mass"]["mean"] > summary["levels"]["conv7"]["stats"]["max_mass"]["mean"]
+    lines = explain(summary).splitlines()
+    coarse_line = next(line for line in lines if line.startswith("conv13"))
+    fine_line = next(line for line in lines if line.startswith("conv7"))
+    assert "shared with conv7" in coarse_line and "mass per input pixel" in coarse_line
+    assert "16 pixel(s) each" in coarse_line
+    assert "shared with" not in fine_line  # the level that sets the scale is not called faint

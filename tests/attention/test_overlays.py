@@ -143,6 +143,8 @@ def test_attention_grid_layout_titles_and_colour_bars():
     assert "pred: cat / true: dog" in titles and "pred: dog / true: dog" in titles
     assert "conv7 (stride 4)" in titles and "conv10 (stride 2)" in titles
     assert len(figure.axes) == 2 * 3 + 2  # one colour bar per row in "mass" mode
+    bars = figure.axes[-2:]
+    assert [bar.get_ylabel() for bar in bars] == ["mass per pixel"] * 2  # what the mass scale shows
 
 
 def test_attention_grid_per_map_mode_says_so_and_has_no_colour_bar():
