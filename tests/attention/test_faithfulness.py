@@ -70,6 +70,8 @@ def test_road_removing_the_evidence_first_lowers_morf_and_keeping_it_raises_lerf
     assert good_scores["morf"][1] < 0.6  # removing the top 10% (the 4 evidence pixels): near chance
     again = road(model, images, {"good": good, "bad": bad}, percentiles=(50, 90))
     assert again["methods"] == result["methods"]  # seeded imputation noise
+    other = road(model, images, {"good": good, "bad": bad}, percentiles=(50, 90), seed=1)
+    assert other["methods"]["good"]["morf"] != good_scores["morf"]  # the seed draws the noise
     assert model.training and torch.equal(images, before)
     with pytest.raises(ValueError, match="percentiles"):
         road(model, images, {"good": good}, percentiles=(0,))
