@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ltpa.attention import compute_maps, grad_cam_maps, pointing_game, segmentation_scores
+from ltpa.attention import compute_maps, energy_pointing_game, grad_cam_maps, pointing_game, segmentation_scores
 from ltpa.attention.ground_truth import load_validation_set
 from ltpa.cli import main
 from ltpa.data.synthetic import SyntheticLocalisation
@@ -72,9 +72,15 @@ def test_localise_with_a_pointing_variant_calibration_and_label_targets(checkpoi
         assert row["calibrated_threshold"] == seg["calibrated_threshold"]
         assert {"maxboxacc_v2", "gt_known_calibrated", "top1_loc_oracle", "pxap", "road_combined"} <= set(row)
     # --target label: Grad-CAM explains each image's true class, not the prediction
-    labelled = grad_cam_maps(trained.model, inputs[4:], methods=["gradcam"], target_classes=targets[4:])
-    expected = float(pointing_game(labelled["gradcam"].upsampled[0], mask=masks[4:], ties="any").float().mean())
-    assert result["rows"]["gradcam/conv13"]["pointing"] == pytest.approx(expected)
+    def scores(target_classes):
+        heat = grad_cam_maps(trained.model, inputs[4:], methods=["gradcam"],
+                             target_classes=target_classes)["gradcam"].upsampled[0]
+        return [float(pointing_game(heat, mask=masks[4:], ties="any").float().mean()),
+                float(energy_pointing_game(heat, mask=masks[4:], normalise="minmax").nanmean())]
+
+    row = result["rows"]["gradcam/conv13"]
+    assert [row["pointing"], row["energy"]] == pytest.approx(scores(targets[4:]), rel=1e-6)
+    assert [row["pointing"], row["energy"]] != pytest.approx(scores(None), rel=1e-6)  # not the prediction's
 
 
 def test_localise_calibrates_on_the_runs_validation_images(checkpoint, tmp_path, capsys):
