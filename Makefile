@@ -33,8 +33,9 @@ test: $(STAMP)
 # The suite as users without AVX-512 see it, on any x86 machine: ATen's CPU kernels restricted to
 # AVX2 (or to no SIMD at all) and oneDNN to AVX2, so convolutions take other code paths, bf16 is
 # emulated, and precision `auto` picks fp32. CI runs both after `make test` (see .ci/run): the
-# AVX2 leg runs the whole suite; the no-SIMD leg, the slowest (about 2x native), skips the tests
-# marked slow (notebooks, browser), whose numerics the AVX2 leg already covers.
+# AVX2 leg, the CPU class most users have, runs the whole suite; the no-SIMD leg, the slowest
+# kernels (about 2x native), skips the tests marked slow (the notebooks, a subprocess file-size
+# test): they take fp32 paths the AVX2 leg already runs, and their minutes buy no new numerics.
 AVX2_KERNELS   := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2
 NOSIMD_KERNELS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2
 
