@@ -18,12 +18,13 @@ Data roots default to ``data/`` under the working directory; point them elsewher
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 
 from .config import TrainConfig
 
-__all__ = ["register_preset", "list_presets", "get_preset", "describe_preset", "PRESETS"]
+__all__ = ["register_preset", "list_presets", "get_preset", "describe_preset", "demo_config", "PRESETS"]
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {}
 _REPRODUCES: dict[str, str] = {}
@@ -214,11 +215,27 @@ def cifar100_vgg_noatt_cpu() -> TrainConfig:
     return config
 
 
+def demo_config(**overrides) -> TrainConfig:
+    """What ``ltpa demo`` trains (the ``synthetic-vgg-att3`` preset; ``ltpa.demo`` imports it).
+
+    VGG-att3 at quarter width on 32x32 synthetic images: a few minutes on a 2-core CPU.
+    Two departures from the paper's defaults, both measured on this job: dropout is off (with
+    3,600 training images and 8 epochs it only slows learning: about 26% instead of 88% test
+    accuracy in a 6-epoch run), and the attention vector u keeps PyTorch's small init instead of
+    the official N(0, sqrt 2), which starts from nearly one-hot maps (73% instead of 95%).
+    """
+    config = TrainConfig(
+        model="vgg_att3", model_options={"width": 0.25, "dropout": False, "compat_init": "default"},
+        data="synthetic",
+        image_size=32, num_classes=10, num_train=4000, num_test=1000, val_fraction=0.1, epochs=8,
+        batch_size=64, lr=0.05, lr_step_epochs=0, lr_milestones=(7,), lr_gamma=0.2,
+        warmup_epochs=0.5, crop_padding=0, stuck_warmup_epochs=3,
+    )
+    return dataclasses.replace(config, **overrides)
+
+
 @register_preset("the demo: synthetic localisation data, a few CPU minutes")
 def synthetic_vgg_att3() -> TrainConfig:
-    """What ``ltpa demo`` trains (``ltpa.demo.demo_config``, the single source of its settings):
-    VGG-att3 at width 0.25 on 4,000 synthetic 32x32 images of 10 classes, one target object
-    among distractors, a few epochs."""
-    from ltpa.demo import demo_config
-
+    """What ``ltpa demo`` trains: :func:`demo_config`, VGG-att3 at width 0.25 on synthetic 32x32
+    images of 10 classes, one target object among distractors, a few epochs."""
     return demo_config()
