@@ -29,7 +29,7 @@ from .data.materialise import BBOX_MARGIN, materialise
 from .data.sources import Split
 from .models import create_model
 from ._files import atomic_write_json
-from .train.checkpoint import load_checkpoint, load_model_state
+from .runs.checkpoints import load_checkpoint, load_model_state
 from .train.config import TrainConfig
 from .train.run_dir import CLASSES_FILE, ZCA_FILE
 from .train.whitening import load_whitening

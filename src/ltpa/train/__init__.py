@@ -1,6 +1,6 @@
 """Training: config and presets, trainer loop, checkpoints, data setup, distributed runs and
 evaluation of finished runs."""
-from .checkpoint import (Checkpoint, CheckpointError, latest_checkpoint, list_checkpoints,
+from ..runs.checkpoints import (Checkpoint, CheckpointError, latest_checkpoint, list_checkpoints,
                          load_checkpoint, load_model_state, prune_checkpoints, save_checkpoint)
 from .config import TrainConfig, apply_overrides
 from .data_setup import BatchLoader, DataSplits, augment_batch, build_data, stratified_split

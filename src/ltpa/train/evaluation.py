@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._files import atomic_write_bytes, atomic_write_json
-from .checkpoint import load_checkpoint, load_model_state
+from ..runs.checkpoints import load_checkpoint, load_model_state
 from .config import TrainConfig
 from .data_setup import BatchLoader, build_data
 from .distributed import DistInfo, all_reduce_sum, gather_objects

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .._files import atomic_write_bytes, atomic_write_json
-from .checkpoint import latest_checkpoint, load_checkpoint, load_model_state, prune_checkpoints, save_checkpoint
+from ..runs.checkpoints import latest_checkpoint, load_checkpoint, load_model_state, prune_checkpoints, save_checkpoint
 from .config import TrainConfig
 from .data_setup import DROPOUT_STREAM, BatchLoader, derive_seed
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, distributed, read_dist_env

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .checkpoint import latest_checkpoint
+from ..runs.checkpoints import latest_checkpoint
 
 __all__ = ["RUN_FORMAT", "CHECKPOINT_DIR", "TENSORBOARD_DIR", "RUN_FILES", "ZCA_FILE", "is_run",
            "remove_run_files", "remove_stale_temporaries", "check_out_dir", "run_logging",

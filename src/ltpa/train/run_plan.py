@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, load_model_state
+from ..runs.checkpoints import Checkpoint, latest_checkpoint, load_checkpoint, load_model_state
 from .config import TrainConfig, resume_config
 from .data_setup import BatchLoader, DataSplits, build_data, channel_mean_std
 from .distributed import DistInfo

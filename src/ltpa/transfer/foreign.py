@@ -44,7 +44,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file as st_load_file
 from torch import Tensor, nn
 
-from ..train.checkpoint import CheckpointError, load_checkpoint
+from ..runs.checkpoints import CheckpointError, load_checkpoint
 
 __all__ = ["FOREIGN_FORMATS", "SAOYAN_NOTES", "SourceState", "load_source_state",
            "map_foreign_state", "source_from_mapping", "strip_wrapper_prefixes"]

@@ -7,7 +7,7 @@ from typing import Any, Iterable, Mapping
 
 from torch import nn
 
-from ..train.checkpoint import unwrap_model
+from ..runs.checkpoints import unwrap_model
 from .select import PatternSet
 
 __all__ = ["param_groups"]

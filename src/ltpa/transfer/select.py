@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import nn
 
-from ..train.checkpoint import CheckpointError, unwrap_model
+from ..runs.checkpoints import CheckpointError, unwrap_model
 from .report import TransferEntry, TransferReport, group_of
 
 __all__ = ["TRANSFER_PRESETS", "PatternSet", "resolve_patterns", "transfer_weights"]
