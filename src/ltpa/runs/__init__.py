@@ -10,6 +10,8 @@ import importlib
 
 _EXPORTS = {
     "CheckpointStore": "ltpa.runs.checkpoints",
+    "OutputFolder": "ltpa.runs.ownership", "FolderBusy": "ltpa.runs.ownership",
+    "lock_folder": "ltpa.runs.ownership", "claim_run": "ltpa.runs.ownership",
 }
 
 
