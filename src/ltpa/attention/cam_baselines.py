@@ -18,15 +18,17 @@ pointing game) and resized without ltpa's level geometry.
 Side effects are undone: every submodule's train/eval flag (grad-cam's constructor calls
 ``model.eval()``), each parameter's ``requires_grad`` and ``.grad``; the hooks are removed by the
 ``with`` form; the caller's images are never modified.
+
+``pytorch_grad_cam`` is imported on first use, not with ``ltpa.attention``: importing it pulls in
+OpenCV, scikit-learn and more (several seconds), which training and ``ltpa demo`` never need.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import Tensor, nn
 
 from ltpa.attention._inputs import model_device, prepare_images, preserve_model_state
@@ -36,7 +38,31 @@ from ltpa.models.output import AttentionOutput, LevelInfo
 
 __all__ = ["CAM_METHODS", "LogitsOnly", "default_cam_layer", "grad_cam_maps", "gap_cam_maps"]
 
-CAM_METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "layercam": LayerCAM}
+
+
+class _LazyCamMethods(Mapping):
+    """``{name: grad-cam class}``; names and membership need no import, a lookup imports
+    ``pytorch_grad_cam`` (once) and returns the class."""
+
+    _CLASSES = {"gradcam": "GradCAM", "gradcam++": "GradCAMPlusPlus", "layercam": "LayerCAM"}
+
+    def __getitem__(self, name: str) -> type:
+        return getattr(importlib.import_module("pytorch_grad_cam"), self._CLASSES[name])
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would import via __getitem__
+        return name in self._CLASSES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._CLASSES)
+
+    def __len__(self) -> int:
+        return len(self._CLASSES)
+
+    def __repr__(self) -> str:
+        return f"CAM_METHODS({list(self._CLASSES)})"
+
+
+CAM_METHODS: Mapping[str, type] = _LazyCamMethods()
 
 
 class LogitsOnly(nn.Module):
@@ -144,6 +170,8 @@ def grad_cam_maps(
     wrapper = LogitsOnly(model)
     # Checked against the logits' width after the first batch when the model has no num_classes.
     chosen = _targets(target_classes, count, int(getattr(model, "num_classes", 2**62)))
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     result: dict[str, AttentionMaps] = {}
     with preserve_model_state(model), torch.enable_grad():
         for param in model.parameters():
