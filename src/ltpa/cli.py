@@ -121,7 +121,8 @@ def _calibration(args: argparse.Namespace, trained, evaluation):
 def _cmd_localise(args: argparse.Namespace) -> int:
     from .attention.faithfulness import ROAD_PERCENTILES
     from .attention.report import class_targets, format_table, localise_trained, write_localisation_report
-    from .inference import load_trained, prepare_out_dir
+    from .inference import load_trained
+    from .runs.ownership import OutputFolder
 
     trained = load_trained(args.checkpoint)
     evaluation = _evaluation_set(args, trained)
@@ -141,8 +142,7 @@ def _cmd_localise(args: argparse.Namespace) -> int:
     targets = class_targets(args.target, evaluation.targets, len(evaluation.images), classes)
     held_targets = None if calibration is None else class_targets(args.target, calibration.targets,
                                                                   len(calibration.images), classes)
-    out = prepare_out_dir(args.out, overwrite=args.overwrite, what="localisation report",
-                          marker="localisation.json")
+    out = OutputFolder(args.out, "localise", overwrite=args.overwrite, what="localisation report").check()
     result = localise_trained(
         trained, evaluation.images, **evaluation.ground_truth(), methods=methods, gap_model=gap_model,
         pointing=args.pointing, tolerance=args.tolerance, energy=args.energy, target_classes=targets,
@@ -163,14 +163,15 @@ def _cmd_localise(args: argparse.Namespace) -> int:
 def _cmd_sanity(args: argparse.Namespace) -> int:
     from .attention.report import class_targets
     from .attention.sanity import check_options, sanity_trained, write_sanity_report
-    from .inference import load_trained, prepare_out_dir
+    from .inference import load_trained
+    from .runs.ownership import OutputFolder
 
     trained = load_trained(args.checkpoint)
     evaluation = _evaluation_set(args, trained)
     targets = class_targets(args.target, evaluation.targets, len(evaluation.images), trained.config.num_classes)
     check_options(len(evaluation.images), methods=args.methods, modes=args.modes, init=args.init,
                   bn_stats=args.bn_stats)
-    out = prepare_out_dir(args.out, overwrite=args.overwrite, what="sanity check", marker="sanity.json")
+    out = OutputFolder(args.out, "sanity", overwrite=args.overwrite, what="sanity check").check()
     result = sanity_trained(trained, evaluation.images, methods=tuple(args.methods), modes=tuple(args.modes),
                             init=args.init, bn_stats=args.bn_stats, seed=args.seed, target_classes=targets)
     paths = write_sanity_report(result, out)
@@ -311,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="mass", choices=("mass", "shared", "per-map"),
                    help="colour scale of the overlays (default mass: raw attention, one scale for all levels)")
     p.add_argument("--cmap", default="jet", help="matplotlib colormap")
-    p.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier output of this command in --out (only the files ltpa wrote there)")
     p.set_defaults(func=_cmd_attend)
 
     def evaluation_options(p: argparse.ArgumentParser) -> None:
@@ -344,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--faithfulness-images", type=_count(0), default=100,
                    help="images for the deletion/insertion curves (0 = skip)")
     p.add_argument("--steps", type=_count(1), default=16, help="deletion/insertion steps")
-    p.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier output of this command in --out (only the files ltpa wrote there)")
     p.set_defaults(func=_cmd_localise)
 
     p = sub.add_parser("sanity", help="do the maps depend on the learned weights? model-parameter randomisation "
@@ -363,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=_target_choice, default="prediction", metavar="prediction|label|N",
                    help="class Grad-CAM explains at every stage (default: the trained model's prediction)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true", help="replace the contents of --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier output of this command in --out (only the files ltpa wrote there)")
     p.set_defaults(func=_cmd_sanity)
 
     p = sub.add_parser("diagnose", help="explain in plain words what each attention level does")

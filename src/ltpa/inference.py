@@ -11,9 +11,9 @@ get the run's ``bbox_crop``.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -28,8 +28,8 @@ from .data.images import find_images
 from .data.materialise import BBOX_MARGIN, materialise
 from .data.sources import Split
 from .models import create_model
-from ._files import atomic_write_json
 from .runs.checkpoints import load_checkpoint, load_model_state
+from .runs.ownership import OutputFolder
 from .train.config import TrainConfig
 from .train.run_dir import CLASSES_FILE, ZCA_FILE
 from .train.whitening import load_whitening
@@ -37,7 +37,7 @@ from .train.whitening import load_whitening
 PREDICTIONS_FILE = "predictions.json"
 
 __all__ = ["TrainedModel", "load_trained", "normalise", "class_names_for", "attend_files", "attend_images",
-           "prepare_out_dir", "load_files_as_trained", "evaluation_set"]
+           "load_files_as_trained", "evaluation_set"]
 
 logger = logging.getLogger(__name__)
 
@@ -149,32 +149,6 @@ def normalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Te
     return (images.float() / 255.0 - mean_t) / std_t
 
 
-def prepare_out_dir(out: str | Path, *, overwrite: bool, what: str, marker: str) -> Path:
-    """Create ``out``; a non-empty folder is refused unless ``overwrite`` and it holds ``marker``.
-
-    Only a folder that an earlier run of the same command wrote (it has ``marker``) is emptied,
-    so ``--overwrite`` can never delete an unrelated folder.
-
-    Raises:
-        ValueError: ``out`` is a file, or a non-empty folder that may not be replaced.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {str(out)!r} is a file; give a folder for the {what}")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ValueError(
-                f"output folder {str(out)!r} is not empty; choose a new folder or pass --overwrite "
-                f"to replace its contents with the {what}")
-        if not (out / marker).is_file():
-            raise ValueError(
-                f"--overwrite refused: {str(out)!r} is not empty and holds no {marker}, so it was not "
-                f"written by ltpa; choose a new or empty folder")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
 def attend_files(
     trained: TrainedModel,
     inputs: Sequence[str | Path],
@@ -194,12 +168,14 @@ def attend_files(
     Args:
         trained: from :func:`load_trained`.
         inputs: image files and/or folders (searched recursively).
-        out: output folder (must be new or empty unless ``overwrite``).
+        out: output folder: new, empty, or (with ``overwrite``) an earlier ``attend`` output; a
+            training run or a folder ltpa did not write is refused (:class:`ltpa.runs.OutputFolder`).
         size: the side of the square images; default the training image size. The run's resize
             mode applies (``bbox_crop`` falls back to ``resize_crop``: see the module docstring).
         mode: overlay colour scale, ``"mass"``, ``"shared"`` or ``"per-map"``.
         cmap: matplotlib colormap name.
-        overwrite: replace the contents of a non-empty ``out``.
+        overwrite: replace an earlier ``attend`` output in ``out`` (only the files its manifest
+            lists; the user's other files are kept).
         batch_size: images per forward pass.
 
     Returns:
@@ -207,7 +183,7 @@ def attend_files(
 
     Raises:
         FileNotFoundError: an input does not exist or a folder holds no images.
-        ValueError: an unreadable image, a non-empty ``out`` without ``overwrite``, or a model
+        ValueError: an unreadable image, an ``out`` that may not be written, or a model
             without attention maps.
     """
     paths = find_images(inputs)  # every check on the inputs runs before anything is written
@@ -241,36 +217,39 @@ def attend_images(
         targets: optional true classes ``(N,)``, shown in the titles and recorded.
         preprocessing: how the images were made (size, resize mode), recorded as is.
     """
+    folder = OutputFolder(out, "attend", overwrite=overwrite, what="attention maps").check()  # before the work
     maps = compute_maps(trained.model, trained.prepare(images), batch_size=batch_size)
-    out = prepare_out_dir(out, overwrite=overwrite, what="attention maps", marker=PREDICTIONS_FILE)
-    probabilities = maps.logits.float().softmax(dim=1)
-    stems = list(stems) if stems is not None else [f"image_{i:05d}" for i in range(len(images))]
-    pixels = images.permute(0, 2, 3, 1).numpy()
-    records = []
-    for index, (name, stem) in enumerate(zip(names, stems)):
-        top = probabilities[index].topk(min(5, probabilities.shape[1]))
-        label = trained.class_names[int(top.indices[0])]
-        title = f"pred: {label} ({float(top.values[0]):.0%})"
-        record = {"image": name, "stem": stem, "prediction": label}
-        if targets is not None:
-            record["truth"] = trained.class_names[int(targets[index])]
-            title += f"\ntrue: {record['truth']}"
-        figure = attention_grid(
-            pixels[index:index + 1], [m[index:index + 1] for m in maps.upsampled],
-            level_names=[level.name for level in maps.levels], strides=[level.stride for level in maps.levels],
-            titles=[title], mode=mode, cmap=cmap)
-        save_figure(figure, out / f"{stem}.png")
-        for level, level_map in zip(maps.levels, maps.maps):
-            np.save(out / f"{stem}.{level.name}.npy", level_map[index, 0].float().numpy())
-        record["top5"] = [{"class": trained.class_names[int(k)], "probability": float(p)}
-                          for p, k in zip(top.values, top.indices)]
-        records.append(record)
-    summary = {"checkpoint": str(trained.checkpoint), "model": trained.config.model,
-               "normalisation": maps.normalisation, "display_mode": mode,
-               **({"preprocessing": preprocessing} if preprocessing else {}),
-               "levels": [{"name": lv.name, "stride": lv.stride, "offset": lv.offset} for lv in maps.levels],
-               "images": records}
-    atomic_write_json(out / PREDICTIONS_FILE, summary)
+    with folder:  # the lock; on success the earlier run's files not written again are removed
+        probabilities = maps.logits.float().softmax(dim=1)
+        stems = list(stems) if stems is not None else [f"image_{i:05d}" for i in range(len(images))]
+        pixels = images.permute(0, 2, 3, 1).numpy()
+        records = []
+        for index, (name, stem) in enumerate(zip(names, stems)):
+            top = probabilities[index].topk(min(5, probabilities.shape[1]))
+            label = trained.class_names[int(top.indices[0])]
+            title = f"pred: {label} ({float(top.values[0]):.0%})"
+            record = {"image": name, "stem": stem, "prediction": label}
+            if targets is not None:
+                record["truth"] = trained.class_names[int(targets[index])]
+                title += f"\ntrue: {record['truth']}"
+            figure = attention_grid(
+                pixels[index:index + 1], [m[index:index + 1] for m in maps.upsampled],
+                level_names=[level.name for level in maps.levels], strides=[level.stride for level in maps.levels],
+                titles=[title], mode=mode, cmap=cmap)
+            save_figure(figure, folder.record(f"{stem}.png"))
+            for level, level_map in zip(maps.levels, maps.maps):
+                buffer = io.BytesIO()
+                np.save(buffer, level_map[index, 0].float().numpy())
+                folder.write_bytes(f"{stem}.{level.name}.npy", buffer.getvalue())
+            record["top5"] = [{"class": trained.class_names[int(k)], "probability": float(p)}
+                              for p, k in zip(top.values, top.indices)]
+            records.append(record)
+        summary = {"checkpoint": str(trained.checkpoint), "model": trained.config.model,
+                   "normalisation": maps.normalisation, "display_mode": mode,
+                   **({"preprocessing": preprocessing} if preprocessing else {}),
+                   "levels": [{"name": lv.name, "stride": lv.stride, "offset": lv.offset} for lv in maps.levels],
+                   "images": records}
+        folder.write_json(PREDICTIONS_FILE, summary)
     return summary
 
 

@@ -131,21 +131,28 @@ def test_run_robustness_never_touches_files_it_did_not_write(two_checkpoints, tm
     (out / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty"):
         run_robustness(two_checkpoints[:1], out, data=DATA, eps="8/255")
-    with pytest.raises(ValueError, match="holds no robustness.json"):
+    with pytest.raises(ValueError, match="not written by ltpa"):
         run_robustness(two_checkpoints[:1], out, data=DATA, eps="8/255", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    # an earlier result: its files are replaced; names it lists that robustness never writes stay
-    (out / "robustness.json").write_text(json.dumps({"format": "ltpa-robustness",
-                                                     "files": ["robustness.json", "robustness.png", "notes.txt"]}))
+    # a folder holding a robustness.json but no manifest is still not ltpa's: refused, untouched
+    (out / "robustness.json").write_text(json.dumps({"format": "ltpa-robustness", "files": ["notes.txt"]}))
+    with pytest.raises(ValueError, match="not written by ltpa"):
+        run_robustness(two_checkpoints[:1], out, data=DATA, eps="8/255", overwrite=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    # an earlier result ltpa wrote (its manifest lists it): replaced; the user's file added since stays
+    out = tmp_path / "earlier"
+    run_robustness(two_checkpoints[:1], out, data=DATA, eps="4/255")
+    (out / "notes.txt").write_text("mine")
     (out / "robustness.png").write_bytes(b"old")
     run_robustness(two_checkpoints[:1], out, data=DATA, eps="8/255", overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "robustness.json", "robustness.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".ltpa-manifest.json", "notes.txt", "robustness.json",
+                                                    "robustness.png"]
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "robustness.png").read_bytes() != b"old"
     assert json.loads((out / "robustness.json").read_text())["eps"] == [0.0, 8 / 255]
     # even a folder holding an earlier result is kept unless --overwrite is given
     before = (out / "robustness.json").read_bytes()
-    with pytest.raises(ValueError, match="pass --overwrite"):
+    with pytest.raises(ValueError, match="pass overwrite=True"):
         run_robustness(two_checkpoints[:1], out, data=DATA, eps="4/255")
     assert (out / "robustness.json").read_bytes() == before
 

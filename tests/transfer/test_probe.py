@@ -220,11 +220,11 @@ def test_run_probe_writes_its_json_and_never_touches_other_files(att, tmp_path):
     with pytest.raises(ValueError, match="not empty"):
         run_probe(att, f"folder:{folder}", out, train_per_class=3, **FAST)
     run_probe(att, f"folder:{folder}", out, overwrite=True, train_per_class=3, **FAST)
-    assert sorted(p.name for p in out.iterdir()) == ["mine.txt", "probe.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".ltpa-manifest.json", "mine.txt", "probe.json"]
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "probe.json").write_text("{}")
-    with pytest.raises(ValueError, match="holds no probe.json written by ltpa"):
+    with pytest.raises(ValueError, match="not written by ltpa"):
         run_probe(att, f"folder:{folder}", foreign, overwrite=True, train_per_class=3, **FAST)
     assert (foreign / "probe.json").read_text() == "{}"
 

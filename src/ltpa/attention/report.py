@@ -351,31 +351,39 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_localisation_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write :func:`localise`'s result into ``out_dir`` (created if needed; files replaced atomically).
+def write_localisation_report(result: dict, out_dir, *, overwrite: bool = False) -> dict[str, Path]:
+    """Write :func:`localise`'s result into ``out_dir`` (files replaced atomically).
+
+    Args:
+        result: from :func:`localise`.
+        out_dir: a folder path, or an :class:`ltpa.runs.OutputFolder` of kind ``"localise"`` the
+            caller already checked (``ltpa localise`` checks it before the slow part). A path is
+            checked here: a new or empty folder, or an earlier localisation report with
+            ``overwrite``; a training run or a folder ltpa did not write is refused.
+        overwrite: with a path, replace an earlier localisation report there (only its files).
 
     Returns:
         ``{"json", "csv", "diagnostics", "parts", "faithfulness"}`` paths of the files written
         (the last three only when the result has them).
     """
-    from ltpa._files import atomic_write_bytes, atomic_write_json
+    from ltpa.runs.ownership import OutputFolder
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output path {str(out)!r} is a file; give a folder for the localisation report.")
-    out.mkdir(parents=True, exist_ok=True)
-    written = {"json": atomic_write_json(out / "localisation.json", _jsonable(result))}
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in result["rows"].values():
-        writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in CSV_COLUMNS})
-    written["csv"] = atomic_write_bytes(out / "localisation.csv", buffer.getvalue().encode("utf-8"))
-    if result.get("explanation"):
-        written["diagnostics"] = atomic_write_bytes(out / "diagnostics.txt",
-                                                    (result["explanation"] + "\n").encode("utf-8"))
-    if result.get("parts"):
-        written["parts"] = save_figure(plot_part_table(result["parts"]), out / "parts.png")
-    if result.get("faithfulness"):
-        written["faithfulness"] = save_figure(plot_faithfulness(result["faithfulness"]), out / "faithfulness.png")
+    folder = out_dir if isinstance(out_dir, OutputFolder) else OutputFolder(
+        out_dir, "localise", overwrite=overwrite, what="localisation report").check()
+    with folder:
+        written = {"json": folder.write_json("localisation.json", _jsonable(result))}
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for row in result["rows"].values():
+            writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in CSV_COLUMNS})
+        written["csv"] = folder.write_bytes("localisation.csv", buffer.getvalue().encode("utf-8"))
+        if result.get("explanation"):
+            written["diagnostics"] = folder.write_bytes("diagnostics.txt",
+                                                        (result["explanation"] + "\n").encode("utf-8"))
+        if result.get("parts"):
+            written["parts"] = save_figure(plot_part_table(result["parts"]), folder.record("parts.png"))
+        if result.get("faithfulness"):
+            written["faithfulness"] = save_figure(plot_faithfulness(result["faithfulness"]),
+                                                  folder.record("faithfulness.png"))
     return written

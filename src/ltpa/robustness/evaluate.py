@@ -287,8 +287,7 @@ def run_robustness(checkpoints: Sequence, out: str | Path, *, data: str | None =
             labels, or an output folder that may not be written.
     """
     from ..attention.ground_truth import load_evaluation_set
-    from .._files import atomic_write_json
-    from ._outputs import check_output_folder, remove_stale_outputs
+    from ..runs.ownership import OutputFolder
     from .plot import plot_robustness
 
     if attack not in ATTACKS:
@@ -297,8 +296,7 @@ def run_robustness(checkpoints: Sequence, out: str | Path, *, data: str | None =
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 (or None for the whole split), got {limit}")
     models = _load(checkpoints)
-    previous = check_output_folder(out, overwrite=overwrite, marker=RESULT_FILE, kind=FORMAT,
-                                   what="robustness curves", outputs=(RESULT_FILE, FIGURE_FILE))
+    folder = OutputFolder(out, "robustness", overwrite=overwrite, what="robustness curves").check()
     first = models[0].config
     if data is None:
         sources = sorted({m.config.data for m in models})
@@ -322,10 +320,7 @@ def run_robustness(checkpoints: Sequence, out: str | Path, *, data: str | None =
                                    step_size=step_size, random_start=random_start, seed=seed, batch_size=batch_size)
                    for m, view in zip(models, views))
     result = RobustnessResult(attack, eps, steps, step_size, random_start, seed, curves, f"{data} ({split})")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [plot_robustness(result, out / FIGURE_FILE)]
-    record = {**result.to_dict(), "files": [RESULT_FILE, FIGURE_FILE]}
-    written.append(atomic_write_json(out / RESULT_FILE, record))  # the marker, written last
-    remove_stale_outputs(previous, written)
+    with folder:  # only the files of an earlier result (its manifest) are replaced, after these are written
+        plot_robustness(result, folder.record(FIGURE_FILE))
+        folder.write_json(RESULT_FILE, {**result.to_dict(), "files": [RESULT_FILE, FIGURE_FILE]})
     return result

@@ -133,7 +133,8 @@ class FolderLock:
     """An exclusive, non-blocking lock on a folder (``fcntl.flock``, ``msvcrt`` on Windows).
 
     The operating system releases it when the holding process exits, however it exits, so a
-    killed writer never leaves a folder locked. Who holds it (pid, host, command, since when) is
+    killed writer never leaves a folder locked (only a stale ``.ltpa.lock`` file, harmless).
+    The lock file is removed on release. Who holds it (pid, host, command, since when) is
     written beside it for the message a second writer gets.
 
     Use :func:`lock_folder`; as a context manager it releases on exit.
@@ -157,14 +158,26 @@ class FolderLock:
         if self._fd is not None:
             return self
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            _lock_fd(fd)
-        except OSError as err:
+        path = self.folder / LOCK_FILE
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                _lock_fd(fd)
+            except OSError as err:
+                os.close(fd)
+                if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
+                    raise _busy(self.folder) from None
+                raise
+            # The holder removes the lock file when it releases; if that happened between our open
+            # and our lock, we hold a lock on a removed file: take the lock again on the new one.
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            _unlock_fd(fd)
             os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, errno.EDEADLK):
-                raise _busy(self.folder) from None
-            raise
         self._fd = fd
         holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                   "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
@@ -182,6 +195,8 @@ class FolderLock:
         with contextlib.suppress(OSError):
             (self.folder / HOLDER_FILE).unlink()
         fd, self._fd = self._fd, None
+        with contextlib.suppress(OSError):  # removed while still held, so no one can lock it after release
+            (self.folder / LOCK_FILE).unlink()
         try:
             _unlock_fd(fd)
         finally:
@@ -289,15 +304,15 @@ class OutputFolder:
             return self
         manifest = read_manifest(out)
         if manifest is None:
-            raise UserError(f"output folder {str(out)!r} is not empty and has no {MANIFEST_FILE}: ltpa did not "
-                            f"write it, so it never empties it, with or without overwrite; give a new or empty "
-                            f"folder for the {self.what}")
+            raise UserError(f"output folder {str(out)!r} is not empty and was not written by ltpa (it has no "
+                            f"{MANIFEST_FILE}), so ltpa never empties it, with or without overwrite; give a new "
+                            f"or empty folder for the {self.what}")
         if manifest.kind != self.kind:
             raise UserError(f"output folder {str(out)!r} holds the output of `ltpa {manifest.kind}`, not of "
                             f"`ltpa {self.kind}`; give a new or empty folder for the {self.what}")
         if not self.overwrite:
-            raise UserError(f"output folder {str(out)!r} already holds an earlier {self.what}; give a new folder, "
-                            "or ", Option("overwrite"), f" to replace it (only the files its {MANIFEST_FILE} "
+            raise UserError(f"output folder {str(out)!r} is not empty: it holds an earlier {self.what}; give a "
+                            "new folder, or ", Option("overwrite"), f" to replace it (only the files its {MANIFEST_FILE} "
                             "lists are replaced; other files are kept)")
         self.previous, self._checked = manifest.files, True
         return self

@@ -421,17 +421,11 @@ def run_probe(checkpoint, data: str, out: str | Path | None = None, *, overwrite
     holds an earlier ``probe.json``, and then only the files that run recorded are replaced.
     ``options`` are :func:`linear_probe`'s keywords.
     """
-    from .._files import atomic_write_json
-    from ..robustness._outputs import check_output_folder, remove_stale_outputs
+    from ..runs.ownership import OutputFolder
 
-    previous = None
-    if out is not None:
-        previous = check_output_folder(out, overwrite=overwrite, marker=RESULT_FILE, kind=FORMAT,
-                                       what="probe result", outputs=(RESULT_FILE,))
+    folder = None if out is None else OutputFolder(out, "probe", overwrite=overwrite, what="probe result").check()
     result = linear_probe(checkpoint, data, **options)
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        written = atomic_write_json(out / RESULT_FILE, {**result.to_dict(), "files": [RESULT_FILE]})
-        remove_stale_outputs(previous, [written])
+    if folder is not None:
+        with folder:
+            folder.write_json(RESULT_FILE, {**result.to_dict(), "files": [RESULT_FILE]})
     return result

@@ -311,20 +311,24 @@ def sanity_trained(trained, images: Tensor, **kwargs) -> dict:
     return sanity_check(trained.model, trained.prepare(images), display_images=images, **kwargs)
 
 
-def write_sanity_report(result: dict, out_dir: str | Path) -> dict[str, Path]:
+def write_sanity_report(result: dict, out_dir, *, overwrite: bool = False) -> dict[str, Path]:
     """Write ``sanity.json`` (everything but the gallery), ``sanity.txt`` (the explanation) and
-    ``sanity.png`` (:func:`plot_sanity`) into ``out_dir`` (which must exist)."""
-    from ltpa._files import atomic_write_bytes, atomic_write_json
+    ``sanity.png`` (:func:`plot_sanity`) into ``out_dir``.
+
+    ``out_dir`` is a folder path (a new or empty folder, or with ``overwrite`` an earlier sanity
+    report, whose files alone are replaced; a training run or a folder ltpa did not write is
+    refused), or an :class:`ltpa.runs.OutputFolder` of kind ``"sanity"`` the caller checked."""
     from ltpa.attention.overlays import save_figure
     from ltpa.attention.report import _jsonable
+    from ltpa.runs.ownership import OutputFolder
 
-    out = Path(out_dir)
-    if not out.is_dir():
-        raise FileNotFoundError(f"output folder {str(out)!r} does not exist; create it first.")
+    folder = out_dir if isinstance(out_dir, OutputFolder) else OutputFolder(
+        out_dir, "sanity", overwrite=overwrite, what="sanity check").check()
     summary = {key: value for key, value in result.items() if key != "gallery"}
-    written = {"json": atomic_write_json(out / SANITY_FILE, _jsonable(summary)),
-               "text": atomic_write_bytes(out / "sanity.txt", (result["explanation"] + "\n").encode("utf-8"))}
-    if result.get("gallery") and result["gallery"]["stages"][1:]:
-        written["figure"] = save_figure(plot_sanity(result), out / "sanity.png")
+    with folder:
+        written = {"json": folder.write_json(SANITY_FILE, _jsonable(summary)),
+                   "text": folder.write_bytes("sanity.txt", (result["explanation"] + "\n").encode("utf-8"))}
+        if result.get("gallery") and result["gallery"]["stages"][1:]:
+            written["figure"] = save_figure(plot_sanity(result), folder.record("sanity.png"))
     return written
 
