@@ -33,7 +33,12 @@ def _config_from_args(args: argparse.Namespace):
     from .train.config import TrainConfig, apply_overrides
     from .train.presets import get_preset
 
-    config = get_preset(args.preset) if args.preset else TrainConfig()
+    if args.resume and not args.preset:  # continue the saved plan; flags only change it
+        from .train.run_plan import saved_config
+
+        config = saved_config(args.out)
+    else:
+        config = get_preset(args.preset) if args.preset else TrainConfig()
     shortcuts = {"model": args.model, "data": args.data, "epochs": args.epochs, "seed": args.seed,
                  "init": args.init, "transfer": args.transfer, "freeze": args.freeze,
                  "compile": "true" if args.compile else None,
@@ -65,8 +70,12 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from .runs.ownership import check_output_file, json_report_recogniser
     from .train.evaluation import evaluate_checkpoint, format_report
 
+    if args.out is not None:  # an existing file: only an earlier eval report, and only with --overwrite
+        check_output_file(args.out, overwrite=args.overwrite, what="report of `ltpa eval`",
+                          recognise=json_report_recogniser("checkpoint", "model", "data", "split", "path"))
     report = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
                                  out=args.out)
     if args.quiet:  # otherwise the library has logged the same lines
@@ -299,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=("test", "val", "train"))
     p.add_argument("--batch-size", type=_count(1), default=256)
     p.add_argument("--out", default=None, help="JSON file (default RUN/eval/<checkpoint>_<split>.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier eval report at --out")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("attend", help="predict and draw per-level attention for images")
@@ -439,8 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _describe(err: Exception) -> str:
-    """One line for the user; OS errors name the path and what the system said."""
-    if isinstance(err, OSError) and err.strerror:
+    """One line for the user; OS errors name the path and what the system said, a
+    :class:`ltpa.errors.UserError` gives its fix as flags (``--set lr=0.01``, ``--overwrite``)."""
+    from .errors import UserError
+
+    if isinstance(err, UserError):
+        text = err.render(cli=True)
+    elif isinstance(err, OSError) and err.strerror:
         text = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
         if err.errno in (errno.ENOSPC, errno.EDQUOT) and err.filename:
             text += " (the disk is full: free some space and run the command again)"

@@ -159,7 +159,7 @@ def test_existing_files_are_replaced_only_when_a_report_wrote_them(tmp_path):
     run = write_fake_run(tmp_path / "run")
     foreign = run / REPORT_FILE
     foreign.write_text("<html>my notes</html>")
-    with pytest.raises(ValueError, match="not written by `ltpa report`"):
+    with pytest.raises(ValueError, match="not written by ltpa"):
         build_report(run)
     assert foreign.read_text() == "<html>my notes</html>"
     own = build_report(run, tmp_path / "mine.html")

@@ -101,11 +101,14 @@ def test_tiny_run_writes_the_run_folder(tmp_path):
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "epoch 3/3" in (run / "train.log").read_text()
 
-    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert checkpoints == ["best.json", "best.safetensors", "epoch_0002.json",
-                           "epoch_0002.safetensors", "epoch_0003.json", "epoch_0003.safetensors"]
     final = json.loads((run / "final_metrics.json").read_text())
     best_epoch = max(records, key=lambda r: r["val_acc1"])["epoch"]  # first max wins ties
+    # keep_last=2 epoch pairs, plus the best one (never pruned), the best.* links, the record
+    kept = {f"epoch_{e:04d}.{ext}" for e in {2, 3, best_epoch} for ext in ("json", "safetensors")}
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == sorted({"best.json", "best.safetensors", "state.json", *kept})
+    record = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert record["latest"] == "epoch_0003" and record["best"]["epoch"] == best_epoch
     assert final["test_weights"] == result.test_weights == "best"
     assert final["tested_epoch"] == best_epoch == load_checkpoint(run / "checkpoints/best").epoch
     assert final["test"]["samples"] == 16 and 0.0 <= final["test"]["acc1"] <= 100.0

@@ -20,6 +20,7 @@ from ltpa.attention import DISPLAY_MODES
 from ltpa.report import sections
 from ltpa.report.collect import RunData, collect_run
 from ltpa.report.figures import confusion_figure, curves_figure, figure_uri
+from ltpa.runs.ownership import check_output_file, marker_recogniser
 
 __all__ = ["REPORT_FILE", "SECTIONS", "build_report", "render_report"]
 
@@ -144,12 +145,10 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"{str(out)!r} is a folder; give a file path such as {str(out / REPORT_FILE)!r}")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"folder {str(out.parent)!r} of the report does not exist; create it first")
-    if out.exists():
-        with open(out, "rb") as handle:
-            head = handle.read(4096)
-        if f'name="generator" content="{GENERATOR}"'.encode() not in head:
-            raise ValueError(f"{str(out)!r} exists and was not written by `ltpa report`; refusing to "
-                             "overwrite it. Choose another --out path.")
+    # An existing file is replaced only if ltpa wrote it: its folder's manifest lists it, or it
+    # carries the report's generator tag (reports are always replaced by the next `ltpa report`).
+    check_output_file(out, overwrite=True, what="report of `ltpa report`",
+                      recognise=marker_recogniser(f'name="generator" content="{GENERATOR}"'.encode()))
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, data: str | None = None,

@@ -41,6 +41,8 @@ __all__ = [
     "prune_checkpoints",
     "atomic_write_bytes",
     "atomic_write_json",
+    "CheckpointStore",
+    "COMMIT_FILE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 FORMAT = "ltpa-checkpoint"
 VERSION = 1
 _EPOCH_NAME = re.compile(r"^epoch_(\d+)$")
+_STEP_NAME = re.compile(r"^step_(\d+)$")
 
 
 class CheckpointError(ValueError):
@@ -141,6 +144,7 @@ def save_checkpoint(
     step: int,
     metrics: dict[str, Any] | None = None,
     rng: bool = True,
+    position: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``directory/name.safetensors`` and then ``directory/name.json``, both atomically.
 
@@ -153,6 +157,8 @@ def save_checkpoint(
         epoch: completed epochs; step: optimizer steps so far.
         metrics: JSON-safe numbers to keep with the weights (val accuracy, ...).
         rng: also store torch (CPU and CUDA), numpy and Python RNG states.
+        position: where inside an epoch a mid-epoch checkpoint was taken (the trainer's loader
+            position and partial sums); tensors in it are stored like the other states.
 
     Returns:
         Path of the JSON sidecar.
@@ -175,6 +181,8 @@ def save_checkpoint(
             skeletons[part] = _flatten(obj.state_dict(), part, tensors)
     if rng:
         skeletons["rng"] = _flatten(rng_state(), "rng", tensors)
+    if position is not None:
+        skeletons["position"] = _flatten(position, "position", tensors)
     payload = st_save(tensors, metadata={"format": FORMAT, "version": str(VERSION)})
     sidecar = {
         "format": FORMAT,
@@ -226,6 +234,7 @@ class Checkpoint:
         epoch: completed epochs; step: optimizer steps.
         metrics: what the trainer stored with it (``val_acc1``, ``best_val_acc1``, ...).
         versions: library versions at save time.
+        position: for a mid-epoch checkpoint, where in the epoch it was taken; else None.
     """
 
     path: Path
@@ -236,6 +245,10 @@ class Checkpoint:
     metrics: dict[str, Any]
     versions: dict[str, Any] = field(default_factory=dict)
     states: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def position(self) -> dict[str, Any] | None:
+        return self.states.get("position")
 
     def restore_training_state(self, optimizer=None, scheduler=None, scaler=None) -> None:
         """Load the optimizer/scheduler/scaler states into the given objects.
@@ -412,7 +425,14 @@ def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The sidecar of the highest-epoch checkpoint in ``directory``, or None."""
+    """The sidecar of the latest committed checkpoint in ``directory`` (the one its commit
+    record ``state.json`` names, possibly a mid-epoch ``step_NNNNNNNN``), or without a record
+    the highest-epoch ``epoch_NNNN`` pair; None when there is none."""
+    record = CheckpointStore(directory).record()
+    if record is not None and record.get("latest"):
+        path = Path(directory) / f"{record['latest']}.json"
+        if path.exists():
+            return path
     found = list_checkpoints(directory)
     return found[-1][1] if found else None
 
@@ -435,3 +455,272 @@ def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path
             os.unlink(json_path.with_suffix(".safetensors"))
         removed.append(json_path)
     return removed
+
+
+# ----------------------------------------------------------------------------- the store
+
+COMMIT_FILE = "state.json"
+STORE_FORMAT = "ltpa-checkpoints"
+_BEST = "best"
+
+
+def _name_order(name: str) -> tuple[int, int]:
+    """Sort key: (completed epochs, steps) as encoded in the name, for deciding what is newer."""
+    match = _EPOCH_NAME.match(name)
+    if match:
+        return int(match.group(1)), 1 << 62
+    match = _STEP_NAME.match(name)
+    return (-1, int(match.group(1))) if match else (-1, -1)
+
+
+class CheckpointStore:
+    """A run's ``checkpoints/`` folder, with one atomic commit per save.
+
+    Each save writes a checkpoint pair (``epoch_NNNN`` at an epoch end, ``step_NNNNNNNN`` in the
+    middle of one), then atomically replaces the small commit record ``state.json`` (the pairs
+    kept, the latest, and the best by validation top-1 with its epoch and value): that rename is
+    the commit point. Only then are ``best.json``/``best.safetensors`` made hard links (copies
+    where links fail) of the best pair, and pairs the record no longer keeps removed. A kill or a
+    full disk at any point leaves either the previous commit or the new one; :meth:`repair` (run
+    on resume) finishes or undoes what a save left half done, and checks "best" against
+    ``metrics.jsonl``. Runs written before the record existed are repaired into one.
+    """
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+
+    # -- reading
+    @property
+    def record_path(self) -> Path:
+        return self.directory / COMMIT_FILE
+
+    def record(self) -> dict[str, Any] | None:
+        """The commit record, or None when there is none (no save committed yet, or a run
+        written before the record existed).
+
+        Raises:
+            CheckpointError: the record exists but is not one (invalid JSON or foreign).
+        """
+        try:
+            text = self.record_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except NotADirectoryError:
+            return None
+        try:
+            record = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{self.record_path} is not valid JSON ({err}); it is written "
+                                  f"atomically by ltpa, so something else changed it. Delete it: "
+                                  f"resuming rebuilds it from the checkpoints and metrics.jsonl") from err
+        if not isinstance(record, dict) or record.get("format") != STORE_FORMAT:
+            raise CheckpointError(f"{self.record_path} is not an ltpa checkpoint record (no \"format\": "
+                                  f"\"{STORE_FORMAT}\"); delete it to rebuild it from the checkpoints")
+        return record
+
+    def latest(self) -> Path | None:
+        """Sidecar of the latest committed checkpoint, or None."""
+        return latest_checkpoint(self.directory)
+
+    def best(self) -> Path | None:
+        """Sidecar of the committed best checkpoint (``best.json``), or None without one."""
+        record = self.record()
+        if record is not None and record.get("best") is None:
+            return None
+        path = self.directory / f"{_BEST}.json"
+        return path if path.exists() else None
+
+    # -- writing
+    def save(self, name: str, *, best_metric: float | None = None, keep_last: int = 0,
+             **checkpoint: Any) -> Path:
+        """Write checkpoint ``name`` and commit it as the latest (and as the best when
+        ``best_metric`` beats the committed best's value; ties keep the earlier one).
+
+        Args:
+            name: ``epoch_NNNN`` or ``step_NNNNNNNN``.
+            best_metric: the validation top-1 of an epoch checkpoint (None: not a candidate).
+            keep_last: epoch checkpoints kept besides the best; 0 keeps all. A mid-epoch
+                checkpoint is kept only until the next commit.
+            checkpoint: the arguments of :func:`save_checkpoint` after ``name``.
+
+        Returns:
+            The sidecar written.
+        """
+        if not (_EPOCH_NAME.match(name) or _STEP_NAME.match(name)):
+            raise ValueError(f"checkpoint name {name!r} must be epoch_NNNN or step_NNNNNNNN")
+        record = self.record() or self._empty_record()
+        path = save_checkpoint(self.directory, name, **checkpoint)
+        best = record.get("best")
+        if best_metric is not None and math.isfinite(best_metric) and (
+                best is None or best_metric > best["val_acc1"]):
+            best = {"name": name, "epoch": int(checkpoint["epoch"]), "val_acc1": float(best_metric)}
+        epochs = [n for n in record.get("kept", []) if _EPOCH_NAME.match(n) and n != name]
+        if _EPOCH_NAME.match(name):
+            epochs.append(name)
+        epochs.sort(key=_name_order)
+        kept = epochs[-keep_last:] if keep_last > 0 else epochs
+        if best is not None and best["name"] not in kept:
+            kept = sorted([*kept, best["name"]], key=_name_order)
+        if _STEP_NAME.match(name):
+            kept.append(name)
+        self._commit({**record, "latest": name, "epoch": int(checkpoint["epoch"]),
+                      "step": int(checkpoint["step"]), "best": best, "kept": kept})
+        self._materialise_best(best)
+        self._remove_unkept(kept)
+        return path
+
+    def _empty_record(self) -> dict[str, Any]:
+        return {"format": STORE_FORMAT, "version": 1, "latest": None, "epoch": 0, "step": 0,
+                "best": None, "kept": []}
+
+    def _commit(self, record: dict[str, Any]) -> None:
+        atomic_write_json(self.record_path, record)  # the commit point
+
+    def _materialise_best(self, best: dict[str, Any] | None) -> bool:
+        """Make ``best.*`` the pair the record names; True when they had to change."""
+        if best is None:
+            return False
+        source = self.directory / best["name"]
+        target = self.directory / _BEST
+        pairs = [(source.with_name(f"{source.name}.safetensors"), target.with_name(f"{_BEST}.safetensors")),
+                 (source.with_name(f"{source.name}.json"), target.with_name(f"{_BEST}.json"))]
+        if all(dst.exists() and _same_file(src, dst) for src, dst in pairs):
+            return False
+        # As in save_checkpoint: no sidecar may describe the other tensors, so it goes first and
+        # comes back last.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pairs[1][1])
+        for src, dst in pairs:
+            _link_or_copy(src, dst)
+        fsync_dir(self.directory)
+        return True
+
+    def _remove_unkept(self, kept: list[str]) -> list[str]:
+        """Delete checkpoint pairs the record does not keep (sidecar first)."""
+        removed = []
+        for json_path in sorted(self.directory.glob("*.json")):
+            stem = json_path.stem
+            if (_EPOCH_NAME.match(stem) or _STEP_NAME.match(stem)) and stem not in kept:
+                os.unlink(json_path)
+                removed.append(stem)
+        for weights in sorted(self.directory.glob("*.safetensors")):
+            stem = weights.stem
+            if (_EPOCH_NAME.match(stem) or _STEP_NAME.match(stem)) and stem not in kept:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(weights)
+        return removed
+
+    # -- repair
+    def repair(self, metrics: list[dict[str, Any]] | None = None) -> list[str]:
+        """Bring the folder back to its last commit and check "best"; returns what was done,
+        one sentence each (empty when all was in order).
+
+        - pairs the record does not keep (a save killed before its commit, or a prune killed
+          half-way) are removed;
+        - without a record (a run from before it existed, or killed before its first commit),
+          one is built from the epoch checkpoints on disk;
+        - the best is the epoch with the highest ``val_acc1`` in ``metrics`` (records of
+          ``metrics.jsonl`` up to the latest checkpoint; ties keep the earlier epoch); when the
+          record or ``best.*`` disagree with it and that epoch's checkpoint is still there, they
+          are corrected;
+        - ``best.*`` are made to match the record.
+
+        Raises:
+            CheckpointError: a record that names a checkpoint which is missing.
+        """
+        if not self.directory.is_dir():
+            return []
+        done: list[str] = []
+        record = self.record()
+        if record is None:
+            record = self._rebuild_record()
+            if record["latest"] is not None:
+                done.append(f"built the commit record {COMMIT_FILE} from the checkpoints on disk "
+                            f"(latest {record['latest']})")
+        for name in record["kept"]:
+            if not (self.directory / f"{name}.json").exists() or not (
+                    self.directory / f"{name}.safetensors").exists():
+                raise CheckpointError(
+                    f"{self.record_path} keeps checkpoint {name}, but its files are missing from "
+                    f"{self.directory}; restore them from a copy of the run, or start a new run")
+        best = self._best_from_metrics(record, metrics)
+        if best != record.get("best"):
+            before = record.get("best")
+            done.append(f"best checkpoint corrected from "
+                        f"{'none' if before is None else before['name']} to {best['name']} "
+                        f"(val top-1 {best['val_acc1']:g}% in metrics.jsonl)")
+            record = {**record, "best": best}
+        if done:
+            self._commit(record)
+        removed = self._remove_unkept(record["kept"])
+        if removed:
+            done.append(f"removed checkpoint(s) {', '.join(removed)} that no save had committed")
+        if self._materialise_best(record.get("best")):
+            done.append(f"best.json/best.safetensors now hold {record['best']['name']}")
+        return done
+
+    def _rebuild_record(self) -> dict[str, Any]:
+        record = self._empty_record()
+        found = list_checkpoints(self.directory)
+        if not found:
+            return record
+        epoch, path = found[-1]
+        with contextlib.suppress(OSError, ValueError):
+            record["step"] = int(json.loads(path.read_text(encoding="utf-8")).get("step", 0))
+        record.update(latest=path.stem, epoch=epoch, kept=[p.stem for _, p in found])
+        best_path = self.directory / f"{_BEST}.json"
+        if best_path.exists():
+            with contextlib.suppress(OSError, ValueError):
+                sidecar = json.loads(best_path.read_text(encoding="utf-8"))
+                name = f"epoch_{int(sidecar['epoch']):04d}"
+                value = sidecar.get("metrics", {}).get("val_acc1")
+                if name in record["kept"] and isinstance(value, (int, float)):
+                    record["best"] = {"name": name, "epoch": int(sidecar["epoch"]), "val_acc1": float(value)}
+        return record
+
+    def _best_from_metrics(self, record: dict[str, Any],
+                           metrics: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+        """The best the metrics say, when its checkpoint is kept; else the record's own."""
+        best = record.get("best")
+        if not metrics:
+            return best
+        candidates = [(r["val_acc1"], -int(r["epoch"])) for r in metrics
+                      if isinstance(r.get("val_acc1"), (int, float)) and math.isfinite(r["val_acc1"])
+                      and int(r.get("epoch", 0)) <= int(record.get("epoch", 0))]
+        if not candidates:
+            return best
+        value, neg_epoch = max(candidates)
+        name = f"epoch_{-neg_epoch:04d}"
+        if name not in record["kept"]:
+            if best is None or best["name"] != name:
+                logger.warning("metrics.jsonl says epoch %d has the best val top-1 (%g%%), but its "
+                               "checkpoint is no longer kept; best stays %s", -neg_epoch, value,
+                               None if best is None else best["name"])
+            return best
+        return {"name": name, "epoch": -neg_epoch, "val_acc1": float(value)}
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if os.path.samefile(a, b):
+            return True
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Replace ``dst`` atomically by a hard link to ``src`` (a copy where links fail)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.link.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        tmp = write_temp(dst, src.read_bytes())
+    try:
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -41,7 +41,7 @@ from ..errors import Option, UserError
 
 __all__ = ["MANIFEST_FILE", "LOCK_FILE", "Manifest", "OutputFolder", "FolderBusy", "FolderLock",
            "lock_folder", "claim_run", "read_manifest", "write_manifest", "is_training_run",
-           "check_output_file", "record_files"]
+           "check_output_file", "record_files", "json_report_recogniser", "marker_recogniser"]
 
 MANIFEST_FILE = ".ltpa-manifest.json"
 LOCK_FILE = ".ltpa.lock"
@@ -81,7 +81,11 @@ def read_manifest(folder: str | os.PathLike) -> Manifest | None:
     files = data.get("files")
     if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
         return None
-    return Manifest(kind=data["kind"], files=tuple(files), command=str(data.get("command", "")),
+    safe = []  # a hand-edited name that leaves the folder is ignored: nothing outside is ever removed
+    for name in files:
+        with contextlib.suppress(ValueError):
+            safe.append(_relative_name(Path(folder), name))
+    return Manifest(kind=data["kind"], files=tuple(safe), command=str(data.get("command", "")),
                     version=str(data.get("version", "")), complete=bool(data.get("complete", True)))
 
 
@@ -411,12 +415,34 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool, recognise: Ca
     manifest = read_manifest(path.parent)
     listed = manifest is not None and path.name in manifest.files
     if not (listed or _safe_recognise(recognise, path)):
-        raise UserError(f"{str(path)!r} exists and is not a {what} written by ltpa; ltpa never replaces it, "
-                        "with or without overwrite: give another path")
+        raise UserError(f"{str(path)!r} exists and was not written by ltpa (it is not a {what}); ltpa never "
+                        "replaces it, with or without overwrite: give another path")
     if not overwrite:
         raise UserError(f"{str(path)!r} already holds a {what}; give another path, or ", Option("overwrite"),
                         " to replace it")
     return path
+
+
+def json_report_recogniser(*keys: str) -> Callable[[Path], bool]:
+    """A ``recognise`` for :func:`check_output_file`: the file is a JSON object with all ``keys``
+    (how ltpa recognises its own reports written before manifests existed)."""
+    def recognise(path: Path) -> bool:
+        if path.stat().st_size > 64 * 2**20:
+            return False
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return isinstance(data, dict) and all(key in data for key in keys)
+
+    return recognise
+
+
+def marker_recogniser(marker: bytes, *, head: int = 4096) -> Callable[[Path], bool]:
+    """A ``recognise`` for :func:`check_output_file`: ``marker`` is in the file's first ``head`` bytes
+    (e.g. the generator tag of an HTML report)."""
+    def recognise(path: Path) -> bool:
+        with open(path, "rb") as handle:
+            return marker in handle.read(head)
+
+    return recognise
 
 
 # --------------------------------------------------------------------------------------------

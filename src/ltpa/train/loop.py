@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .._files import atomic_write_bytes, atomic_write_json
-from ..runs.checkpoints import latest_checkpoint, load_checkpoint, load_model_state, prune_checkpoints, save_checkpoint
+from ..runs.checkpoints import CheckpointStore, latest_checkpoint, load_checkpoint, load_model_state
 from .config import TrainConfig
 from .data_setup import DROPOUT_STREAM, BatchLoader, derive_seed
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, distributed, read_dist_env
@@ -303,7 +303,7 @@ def _train(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
         out_dir.mkdir(parents=True, exist_ok=True)
         stale = remove_stale_temporaries(out_dir) if resume else []
     barrier(dist)
-    ckpt_dir = out_dir / CHECKPOINT_DIR
+    store = CheckpointStore(out_dir / CHECKPOINT_DIR)
     log_to_file = run_logging(out_dir, plan.log_records) if main else contextlib.nullcontext()
     say = logger.info if main else _quiet
     with log_to_file, algorithm_settings(config.deterministic, precision.device, config.cpu_threads):
@@ -312,6 +312,9 @@ def _train(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
         if main and stale:
             logger.warning("removed %d temporary file(s) left by an interrupted write: %s",
                            len(stale), ", ".join(p.name for p in stale))
+        if main and resume:
+            for repaired in store.repair(plan.records):
+                logger.warning("checkpoints: %s", repaired)
         if plan.action == "overwrite":
             say("overwrite=True: removed the previous run's files in %s", out_dir)
         elif plan.action == "beside" and main:
@@ -374,13 +377,11 @@ def _train(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
                     ckpt_metrics = {**{k: v for k, v in record.items() if k not in ("epoch", "step")},
                                     "best_val_acc1": best_acc if has_val else None,
                                     "best_epoch": best_epoch}
-                    saved = dict(model=model, optimizer=optimizer, scheduler=scheduler,
-                                 scaler=scaler, config=config.to_dict(), epoch=epoch, step=step,
-                                 metrics=ckpt_metrics)
-                    save_checkpoint(ckpt_dir, f"epoch_{epoch:04d}", **saved)
-                    if is_best:
-                        save_checkpoint(ckpt_dir, "best", **saved)
-                    prune_checkpoints(ckpt_dir, config.keep_last)
+                    # one commit: the epoch's pair, then the record naming latest and best
+                    store.save(f"epoch_{epoch:04d}", best_metric=val["acc1"] if has_val else None,
+                               keep_last=config.keep_last, model=model, optimizer=optimizer,
+                               scheduler=scheduler, scaler=scaler, config=config.to_dict(),
+                               epoch=epoch, step=step, metrics=ckpt_metrics)
                     plot_curves(records, out_dir / "curves.png",
                                 title=f"{config.model} on {config.data}")
                 _check_stuck(config, epoch, train["loss"])

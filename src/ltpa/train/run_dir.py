@@ -11,7 +11,9 @@ A run folder holds::
     tb/                    TensorBoard event files (config.tensorboard)
     zca.safetensors        the ZCA whitening fitted on the train split (config.zca)
     transfer_report.json   what config.init loaded (and .txt, the same as a table)
-    checkpoints/           epoch_NNNN.{safetensors,json} (the last keep_last) and best.*
+    checkpoints/           epoch_NNNN.{safetensors,json} (the last keep_last, and the best),
+                           step_NNNNNNNN.* (a mid-epoch checkpoint), best.* (links to the best
+                           pair) and state.json (the commit record: latest, best, kept)
     final_metrics.json     test metrics, evaluated once after the last epoch
     test_report.json       top-1/top-5 error and per-class accuracy of those weights
     confusion_matrix.csv   rows: true class, columns: predicted class (and .png)
@@ -66,8 +68,8 @@ def remove_run_files(out_dir: Path) -> None:
             tb_dir.rmdir()
     ckpt_dir = out_dir / CHECKPOINT_DIR
     if ckpt_dir.is_dir():
-        for pattern in ("epoch_*.json", "epoch_*.safetensors", "best.json", "best.safetensors",
-                        ".*.tmp"):
+        for pattern in ("epoch_*.json", "epoch_*.safetensors", "step_*.json", "step_*.safetensors",
+                        "best.json", "best.safetensors", "state.json", ".*.tmp"):
             for path in ckpt_dir.glob(pattern):
                 path.unlink()
         with contextlib.suppress(OSError):
