@@ -21,7 +21,8 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     import torch
     torch.set_num_threads(1)
-    from ltpa.train import TrainConfig, fit, data_setup, checkpoint
+    from ltpa.train import TrainConfig, fit, data_setup
+    from ltpa.runs import checkpoints as checkpoint
 
     config = TrainConfig.from_dict({config!r})
     where = sys.argv[2]

@@ -33,7 +33,7 @@ from .meters import append_jsonl, topk_correct
 from .plots import plot_curves
 from .precision import Precision, algorithm_settings
 from .run_dir import CHECKPOINT_DIR, remove_run_files, remove_stale_temporaries, run_logging
-from .run_plan import RunPlan, plan_run
+from .run_plan import RunPlan, plan_run, saved_config
 from .run_setup import head_only, log_scalars, make_lr_lambda, tensorboard, wrap, write_run_files
 
 __all__ = ["TrainingDiverged", "RunResult", "train_one_epoch", "evaluate", "fit", "make_lr_lambda"]
@@ -227,7 +227,7 @@ def train_one_epoch(
 # ----------------------------------------------------------------------------- fit
 
 
-def fit(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False,
+def fit(config: TrainConfig | None, out_dir: str | os.PathLike, *, resume: bool = False,
         overwrite: bool = False, progress: bool = True) -> RunResult:
     """Train ``config.model`` on ``config.data``, validating every epoch, and test once at the end.
 
@@ -243,12 +243,14 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False
 
     Args:
         config: the run's settings; validated, and ``mean``/``std`` computed on the train split
-            when None.
+            when None. With ``resume``, None continues the run's saved plan (its config.json,
+            epochs included); a config given then may differ only in ``RESUMABLE_CHANGES``.
         out_dir: the run folder (see :mod:`ltpa.train.run_dir`). Must be new or empty unless
             ``resume`` or ``overwrite``.
-        resume: continue the run in ``out_dir`` from its last epoch checkpoint (model,
-            optimizer, scheduler, scaler, epoch, step and RNG states; ZCA from the run), with
-            ``config.epochs`` possibly raised. Only ``RESUMABLE_CHANGES`` may differ.
+        resume: continue the run in ``out_dir`` from its last checkpoint (model, optimizer,
+            scheduler, scaler, epoch, step and RNG states; ZCA from the run), with
+            ``config.epochs`` possibly raised. Only ``RESUMABLE_CHANGES`` may differ. A run
+            stopped before its first checkpoint starts again from epoch 1.
         overwrite: delete a previous run's files in ``out_dir`` first (other files are kept).
         progress: show a tqdm bar per epoch (loss, accuracy, images/s) on stderr (rank 0).
 
@@ -270,6 +272,11 @@ def fit(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False
         TrainingDiverged: NaN/inf loss, or a loss stuck at ln(num_classes) after
             ``stuck_warmup_epochs`` (checkpoints up to the previous epoch are kept).
     """
+    if config is None:
+        if not resume:
+            raise TypeError("fit needs a TrainConfig; config=None is only for resume=True, which "
+                            "continues the run's saved config")
+        config = saved_config(out_dir)
     config = TrainConfig.from_dict(config.to_dict()).validate()
     dist = read_dist_env(config.device)
     if config.batch_size % dist.world_size:

@@ -28,7 +28,6 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..runs.checkpoints import latest_checkpoint
 
 __all__ = ["RUN_FORMAT", "CHECKPOINT_DIR", "TENSORBOARD_DIR", "RUN_FILES", "ZCA_FILE", "is_run",
            "remove_run_files", "remove_stale_temporaries", "check_out_dir", "run_logging",
@@ -99,11 +98,7 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> str:
                 f"cannot resume: {out_dir} does not hold an ltpa run (no environment.json of one). "
                 f"Start a new run without resume=True."
             )
-        if latest_checkpoint(out_dir / CHECKPOINT_DIR) is None:
-            raise ValueError(
-                f"cannot resume: {out_dir} holds a run but no epoch checkpoint (it stopped before "
-                f"finishing its first epoch). Start it again with overwrite=True (--overwrite)."
-            )
+        # a run stopped before its first checkpoint resumes too: it starts again from epoch 1
         return "resume"
     if not contents:
         return "new"
