@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_options(p)
     p.add_argument("--out", required=True, help="report folder (JSON, CSV, figures)")
     p.add_argument("--methods", nargs="+", default=["attention", "gradcam", "gradcam++", "layercam", "centre", "random"],
-                   help="attention gradcam gradcam++ layercam centre random")
+                   help="attention gradcam gradcam++ layercam saliency (Simonyan 2014 gradient) centre "
+                        "(Gaussian prior) random")
     p.add_argument("--pointing", default="ltpa", choices=("ltpa", "zhang2018", "quantus"),
                    help="pointing-game rule: ltpa (one peak, ties to their centroid; default), zhang2018 (15 px "
                         "tolerance at 224 px, scaled), quantus (a hit if any tied maximum is inside)")

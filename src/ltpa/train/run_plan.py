@@ -31,7 +31,7 @@ from .run_dir import CHECKPOINT_DIR, ZCA_FILE, check_out_dir, collect_log_record
 from .run_setup import load_transfer_source, make_lr_lambda, param_groups, transfer_init
 from .whitening import as_batch_function, fit_whitening, load_whitening
 
-__all__ = ["RunPlan", "plan_run"]
+__all__ = ["RunPlan", "plan_run", "saved_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,18 +110,17 @@ def _plan(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, o
     action = check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     previous_environment = None
     if resume:
-        config_path = out_dir / "config.json"
-        saved_dict = _read_json(config_path)
-        try:
-            saved = TrainConfig.from_dict(saved_dict)
-        except ValueError as err:
-            raise ValueError(f"{config_path}: {err}") from None
-        config = resume_config(saved, config).validate()
+        config = resume_config(saved_config(out_dir), config).validate()
         previous_environment = _read_json(out_dir / "environment.json")
     _check_tensorboard(config)
     precision = resolve_precision(config.precision, config.channels_last,
                                   str(dist.device) if dist.enabled else config.device)
-    if not resume:
+    latest = latest_checkpoint(out_dir / CHECKPOINT_DIR) if resume else None
+    fresh = latest is None  # a new run, or a resumed one that never reached a checkpoint
+    if resume and fresh:
+        logger.info("%s has no checkpoint yet (stopped during its first epoch): starting it again "
+                    "from epoch 1 with its saved config", out_dir)
+    if fresh:
         torch.manual_seed(config.seed)
         random.seed(config.seed + dist.rank)
         np.random.seed((config.seed + dist.rank) % 2**32)
@@ -132,13 +131,13 @@ def _plan(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, o
         mean, std = channel_mean_std(data.train_images)
         config = dataclasses.replace(config, mean=config.mean or mean, std=config.std or std)
     zca = whiten = None
-    if config.zca and resume:
+    if config.zca and not fresh:
         whiten = load_whitening(out_dir / ZCA_FILE, device=precision.device)
     elif config.zca:
         zca = fit_whitening(data.train_images, epsilon=config.zca_epsilon)  # train split only
         whiten = as_batch_function(zca, precision.device)
-    source = None if resume else load_transfer_source(config, model)
-    resumed = load_checkpoint(latest_checkpoint(out_dir / CHECKPOINT_DIR)) if resume else None
+    source = load_transfer_source(config, model) if fresh else None
+    resumed = None if fresh else load_checkpoint(latest)
     if resumed is not None and resumed.epoch > config.epochs:
         raise ValueError(f"cannot resume {out_dir} at epoch {resumed.epoch} with epochs="
                          f"{config.epochs}; epochs may only stay or grow on resume")
@@ -183,6 +182,22 @@ def _plan(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, o
             plan.best_acc = resumed.metrics["best_val_acc1"]
         plan.best_epoch = resumed.metrics.get("best_epoch", 0)
     return plan
+
+
+def saved_config(out_dir: str | Path) -> TrainConfig:
+    """The config a run in ``out_dir`` was started with (its ``config.json``, as saved), the
+    plan a resumed run continues.
+
+    Raises:
+        ValueError: no run there, or a config.json that is unreadable or not a TrainConfig.
+    """
+    config_path = Path(out_dir) / "config.json"
+    try:
+        return TrainConfig.from_dict(_read_json(config_path))
+    except ValueError as err:
+        if str(err).startswith(str(config_path)):
+            raise
+        raise ValueError(f"{config_path}: {err}") from None
 
 
 def _read_json(path: Path) -> Any:
