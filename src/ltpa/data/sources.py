@@ -11,6 +11,7 @@ Spec syntax (``ltpa data SPEC``, ``--set data=SPEC``)::
     svhn:/data/svhn,extra=true                  train_32x32.mat + extra_32x32.mat as train
     cub:/data/CUB_200_2011,classes=1-10         classes 001-010 only, relabelled 0..9
     folder:/photos,test_fraction=0.25,seed=1    class-per-subfolder images
+    masks:/data/ObjectDiscovery,subset=100      images with object masks (evaluation only)
 
 The name is split off at the first colon; the rest is split at commas, and the first piece is
 the root unless it reads ``key=value`` with a plain identifier as key. Roots containing commas
@@ -26,6 +27,8 @@ cannot be written in a spec: build a :class:`DataSpec` instead. Each source's op
   or ``1-5+17+20-22`` (classes.txt ids, relabelled 0..K-1 in id order).
 * ``folder``: test_fraction = 0.2 and seed = 0, used only when there are no ``train/`` and
   ``test/`` subfolders.
+* ``masks``: subset = ``auto``/``100``/``full``/``all`` (Object Discovery); layouts in
+  :mod:`ltpa.data.masks`. All images are in ``test``; ``train`` is empty.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from torch import Tensor
 
 __all__ = ["DataSpec", "Split", "DataSource", "SOURCES", "parse_data_spec", "load_data", "describe"]
 
-SOURCES: tuple[str, ...] = ("synthetic", "cifar10", "cifar100", "svhn", "cub", "folder")
+SOURCES: tuple[str, ...] = ("synthetic", "cifar10", "cifar100", "svhn", "cub", "folder", "masks")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -264,6 +267,12 @@ def load_data(spec: str | DataSpec, *, download: bool = False,
         from .cub import load_cub
 
         return load_cub(root, options=spec.options, download=download)
+    if spec.name == "masks":
+        from .masks import load_mask_source
+
+        if download:
+            raise ValueError("masks: there is nothing to download for a mask folder; drop --download")
+        return load_mask_source(root, options=spec.options)
     from .folder import load_folder
 
     if download:
