@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import torch
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Colormap, Normalize
 from matplotlib.figure import Figure
+
+from ltpa._files import atomic_writer
 
 __all__ = [
     "DISPLAY_MODES",
@@ -346,15 +347,8 @@ def save_figure(figure: Figure, path: str | os.PathLike, *, dpi: float = 100) ->
             f"directory {str(path.parent)!r} does not exist; create it first "
             "(Path(...).mkdir(parents=True))."
         )
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        # Opened by name (not mkstemp) so the final file gets the usual umask permissions.
-        with open(temporary, "xb") as handle:
-            figure.savefig(handle, format="png", dpi=dpi)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with atomic_writer(path) as handle:  # the one atomic writer (umask permissions, fsynced)
+        figure.savefig(handle, format="png", dpi=dpi)
     return path
 
 

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import tarfile
-import tempfile
 import urllib.request
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+from .._files import atomic_writer
 
 __all__ = [
     "Resource",
@@ -105,27 +105,23 @@ def download_file(url: str, dest: str | Path, *, md5: str | None = None, opener:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     opener = opener or urllib.request.urlopen
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
     digest = hashlib.md5()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            logger.info("downloading %s to %s", url, dest)
-            try:
-                with opener(url) as response:
-                    for chunk in iter(lambda: response.read(_CHUNK), b""):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except OSError as err:  # URLError is an OSError
-                raise OSError(f"could not download {url} ({err}); check the connection, or fetch the file "
-                              f"by hand and put it at {dest}") from err
+    # The one atomic writer: the file appears complete and verified or not at all, with the
+    # umask's permissions (a download is data to share, not a secret).
+    with atomic_writer(dest) as out:
+        logger.info("downloading %s to %s", url, dest)
+        try:
+            with opener(url) as response:
+                for chunk in iter(lambda: response.read(_CHUNK), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+        except OSError as err:  # URLError is an OSError
+            raise OSError(f"could not download {url} ({err}); check the connection, or fetch the file "
+                          f"by hand and put it at {dest}") from err
         if md5 is not None and digest.hexdigest() != md5.lower():
             raise ValueError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}; the "
                              f"download is corrupt or the file changed upstream. Nothing was saved; try again "
                              f"or fetch it by hand and put it at {dest}")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 from dataclasses import replace
@@ -25,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .._files import atomic_path
 from .images import ImageReadError, describe_failures, open_image, read_image_size
 from .sources import Split
 from .transforms import crop_and_resize, crop_params, transform_boxes, transform_points
@@ -156,13 +156,8 @@ def materialise(split: Split, size: int = 80, mode: str = "resize_crop", *, bbox
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"images": images.contiguous()}
         tensors.update({k: v.contiguous() for k, v in (("boxes", boxes), ("parts", parts)) if v is not None})
-        fd, tmp = tempfile.mkstemp(prefix=".materialise-", suffix=".part", dir=cache_path.parent)
-        os.close(fd)
-        try:
-            save_file(tensors, tmp)
-            os.replace(tmp, cache_path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_path(cache_path) as tmp:  # the one atomic writer (umask permissions, fsynced)
+            save_file(tensors, str(tmp))
     return images, boxes, parts
 
 
