@@ -6,6 +6,7 @@ import errno
 import logging
 import math
 import os
+import signal
 import sys
 from typing import Sequence
 
@@ -452,9 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _describe(err: Exception) -> str:
     """One line for the user; OS errors name the path and what the system said, a
     :class:`ltpa.errors.UserError` gives its fix as flags (``--set lr=0.01``, ``--overwrite``)."""
-    from .errors import UserError
+    from .errors import MissingFileError, UserError
 
-    if isinstance(err, UserError):
+    if isinstance(err, (UserError, MissingFileError)):
         text = err.render(cli=True)
     elif isinstance(err, OSError) and err.strerror:
         text = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
@@ -533,10 +534,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     console.setLevel(logging.WARNING if args.quiet else logging.INFO)
     console.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[console])
-    from .train.loop import TrainingDiverged
+    from .train.loop import TrainingDiverged, TrainingInterrupted
 
     try:
         return args.func(args)
+    except TrainingInterrupted as err:  # SIGTERM/SIGINT: a checkpoint was saved, 143/130
+        saved = f"saved {err.checkpoint}" if err.checkpoint else "no checkpoint could be saved"
+        print(f"ltpa {args.command}: stopped by {signal.Signals(err.signum).name}: {saved}; continue "
+              f"with: ltpa train --resume --out {err.out_dir}", file=sys.stderr)
+        return err.exit_code
     except (ValueError, TypeError, OSError, TrainingDiverged) as err:
         if os.environ.get("LTPA_DEBUG"):
             raise

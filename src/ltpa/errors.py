@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["UserError", "Remedy", "Setting", "Option"]
+__all__ = ["UserError", "MissingFileError", "Remedy", "Setting", "Option", "render_error"]
 
 
 class Remedy:
@@ -39,14 +39,14 @@ class Setting(Remedy):
     key: str
     value: Any = None
 
-    def _assignment(self) -> str:
-        return f"{self.key}={'...' if self.value is None else _text(self.value)}"
+    def _assignment(self, cli: bool) -> str:
+        return f"{self.key}={'...' if self.value is None else _text(self.value, cli)}"
 
     def library(self) -> str:
-        return f"set {self._assignment()} in the config"
+        return f"set {self._assignment(False)} in the config"
 
     def cli(self) -> str:
-        return f"pass --set {self._assignment()}"
+        return f"pass --set {self._assignment(True)}"
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,8 @@ class Option(Remedy):
     Args:
         name: the argument name (``overwrite``, ``batch_size``); the flag is the same name with
             dashes unless ``flag`` says otherwise.
-        value: the value to pass; None for a switch (``True`` in the library, the bare flag on
-            the command line).
+        value: the value to pass; None or True for a switch (``True`` in the library, the bare
+            flag on the command line), False to leave a switch out (``drop --download``).
         flag: the command-line flag when it is not ``--`` + ``name`` with dashes.
     """
 
@@ -66,30 +66,30 @@ class Option(Remedy):
     flag: str | None = None
 
     def library(self) -> str:
-        return f"pass {self.name}={'True' if self.value is None else _text(self.value)}"
+        return f"pass {self.name}={'True' if self.value is None else _text(self.value, False)}"
 
     def cli(self) -> str:
         flag = self.flag or "--" + self.name.replace("_", "-")
-        return f"pass {flag}" if self.value is None else f"pass {flag} {_text(self.value)}"
+        if self.value is None or self.value is True:
+            return f"pass {flag}"
+        if self.value is False:  # a switch to leave out
+            return f"drop {flag}"
+        return f"pass {flag} {_text(self.value, True)}"
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
+def _text(value: Any, cli: bool) -> str:
+    if isinstance(value, bool):  # Python's spelling in the library, the config parser's on the command line
+        return ("true" if value else "false") if cli else repr(value)
     return str(value)
 
 
-class UserError(ValueError):
-    """A ``ValueError`` whose message is text parts and :class:`Remedy` parts.
-
-    Args:
-        parts: ``str`` pieces and remedies, joined in order.
-    """
+class _Remedied:
+    """The message-with-remedies behaviour shared by :class:`UserError` and :class:`MissingFileError`."""
 
     def __init__(self, *parts: str | Remedy):
         for part in parts:
             if not isinstance(part, (str, Remedy)):
-                raise TypeError(f"UserError parts must be str or Remedy, got {type(part).__name__}")
+                raise TypeError(f"{type(self).__name__} parts must be str or Remedy, got {type(part).__name__}")
         self.parts = parts
         super().__init__(self.render())
 
@@ -107,3 +107,21 @@ class UserError(ValueError):
 
     def __reduce__(self):  # picklable across processes (e.g. a DataLoader worker)
         return (type(self), self.parts)
+
+
+class UserError(_Remedied, ValueError):
+    """A ``ValueError`` whose message is text parts and :class:`Remedy` parts.
+
+    Args:
+        parts: ``str`` pieces and remedies, joined in order.
+    """
+
+
+class MissingFileError(_Remedied, FileNotFoundError):
+    """A ``FileNotFoundError`` whose message is text parts and :class:`Remedy` parts (as
+    :class:`UserError`), for files the user can fetch or create."""
+
+
+def render_error(err: BaseException, *, cli: bool = False) -> str:
+    """``err``'s message, its remedies rendered for the command line when ``cli``."""
+    return err.render(cli=cli) if isinstance(err, _Remedied) else str(err)

@@ -56,7 +56,8 @@ def test_missing_files_give_one_error_with_path_url_and_download_hint(tmp_path):
     text = str(info.value)
     assert str(tmp_path / "cifar-10-batches-py" / "data_batch_1") in text
     assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in text
-    assert "--download" in text
+    assert "pass download=True" in text and "--download" not in text  # library terms
+    assert "pass --download" in info.value.render(cli=True)  # what `ltpa` prints
 
 
 def test_synthetic_spec_options_override_caller_defaults():

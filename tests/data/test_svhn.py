@@ -41,7 +41,8 @@ def test_svhn_extra_missing_says_where_to_get_it(tmp_path):
         load_data(f"svhn:{tmp_path},extra=yes")
     text = str(info.value)
     assert str(tmp_path / "extra_32x32.mat") in text
-    assert "http://ufldl.stanford.edu/housenumbers/extra_32x32.mat" in text and "--download" in text
+    assert "http://ufldl.stanford.edu/housenumbers/extra_32x32.mat" in text and "pass download=True" in text
+    assert "pass --download" in info.value.render(cli=True)  # what `ltpa` prints
 
 
 def test_svhn_labels_out_of_range_are_an_error(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import Option, UserError
 from .download import RESOURCES, ensure_files
 from .sources import DataSource, Split, check_options
 
@@ -79,8 +80,8 @@ def read_cifar_pickle(path: str | Path) -> dict[str, Any]:
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
         truncated = isinstance(err, EOFError) or "truncated" in str(err).lower()
         kind = "truncated" if truncated else "not a valid CIFAR pickle"
-        raise ValueError(f"cannot read {path}: {kind} ({type(err).__name__}: {err}); delete it and extract the "
-                         f"official archive again (or load with --download)") from err
+        raise UserError(f"cannot read {path}: {kind} ({type(err).__name__}: {err}); delete it and extract the "
+                        "official archive again (or delete it and ", Option("download"), ")") from err
     if not isinstance(data, dict):
         raise ValueError(f"cannot read {path}: expected a dict, got {type(data).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in data.items()}

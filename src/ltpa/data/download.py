@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO
 
 from .._files import atomic_writer
+from ..errors import MissingFileError, Option
 
 __all__ = [
     "Resource",
@@ -180,9 +181,8 @@ def missing_files_error(name: str, missing: Sequence[Path], root: Path,
         how = f"download {res.url} and extract it into {root}" if res.extract else \
             f"download {res.url} to {root / res.filename}"
         hows.append(f"get {res.description}: {how}")
-    return FileNotFoundError(f"{name}: {len(missing)} required file(s) missing under {root} ({shown}); "
-                             f"{'; '.join(hows)}; or pass --download (load_data(..., download=True)) and ltpa "
-                             f"fetches and verifies it")
+    return MissingFileError(f"{name}: {len(missing)} required file(s) missing under {root} ({shown}); "
+                            f"{'; '.join(hows)}; or ", Option("download"), " and ltpa fetches and verifies it")
 
 
 def ensure_files(name: str, root: Path, required: Sequence[Path], resources: Sequence[Resource], *,

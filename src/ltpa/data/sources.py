@@ -40,6 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..errors import Option, UserError
+
 __all__ = ["DataSpec", "Split", "DataSource", "SOURCES", "parse_data_spec", "load_data", "describe"]
 
 SOURCES: tuple[str, ...] = ("synthetic", "cifar10", "cifar100", "svhn", "cub", "folder", "masks")
@@ -276,7 +278,7 @@ def load_data(spec: str | DataSpec, *, download: bool = False,
     from .folder import load_folder
 
     if download:
-        raise ValueError("folder: there is nothing to download for an image folder; drop --download")
+        raise UserError("folder: there is nothing to download for an image folder; ", Option("download", False))
     return load_folder(root, options=spec.options)
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..attention._inputs import model_device, preserve_model_state
+from ..errors import Option, UserError
 from .attacks import ATTACKS, PixelClassifier, fgsm, pgd, pixel_preprocess
 
 __all__ = ["DEFAULT_EPS", "RobustnessCurve", "RobustnessResult", "parse_eps", "attack_accuracy",
@@ -140,7 +141,7 @@ def _check_inputs(images: Tensor, targets: Tensor) -> None:
         raise ValueError(f"targets must be a (N,) tensor with one class per image ({images.shape[0]}), got "
                          f"{tuple(getattr(targets, 'shape', ()))}")
     if len(images) == 0:
-        raise ValueError("no images to attack; check the data spec and --limit")
+        raise ValueError("no images to attack; check the data spec and the number of images (limit)")
 
 
 def attack_accuracy(trained, images: Tensor, targets: Tensor, *, attack: str = "fgsm",
@@ -301,8 +302,8 @@ def run_robustness(checkpoints: Sequence, out: str | Path, *, data: str | None =
     if data is None:
         sources = sorted({m.config.data for m in models})
         if len(sources) > 1:
-            raise ValueError(f"the checkpoints were trained on different data ({', '.join(sources)}); pass "
-                             f"--data SPEC to attack all of them on the same images")
+            raise UserError(f"the checkpoints were trained on different data ({', '.join(sources)}); ",
+                            Option("data", "SPEC"), " to attack all of them on the same images")
         data = first.data
     defaults = {"num_classes": first.num_classes, "seed": first.data_seed, "num_test": first.num_test}
     if split == "test":
