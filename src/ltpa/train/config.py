@@ -88,6 +88,7 @@ class TrainConfig:
     stuck_tolerance: float = 0.01  # |train loss - ln(num_classes)| below this counts as stuck
     # outputs
     keep_last: int = 2  # epoch checkpoints kept (plus the best one); 0 = keep all
+    checkpoint_every_steps: int = 0  # > 0: also a mid-epoch checkpoint every this many steps
     tensorboard: bool = True  # TensorBoard event files in RUN/tb (rank 0)
     test_weights: str = "auto"  # "best" (by val acc), "final", or "auto" = best if val set
 
@@ -146,7 +147,7 @@ class TrainConfig:
                 raise bad(key, "an integer >= 1")
         non_negative = ("crop_padding", "lr_step_epochs", "limit_train_batches", "cpu_threads",
                         "stuck_warmup_epochs", "keep_last", "subset_train", "subset_test",
-                        "head_warmup_epochs")
+                        "head_warmup_epochs", "checkpoint_every_steps")
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise bad(key, "an integer >= 0")
@@ -462,7 +463,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 # the optimisation path of the epochs already trained.
 RESUMABLE_CHANGES = ("epochs", "device", "precision", "channels_last", "log_every", "keep_last",
                      "divergence_check", "stuck_warmup_epochs", "stuck_tolerance", "test_weights",
-                     "eval_batch_size", "deterministic", "cpu_threads", "compile", "tensorboard")
+                     "eval_batch_size", "deterministic", "cpu_threads", "compile", "tensorboard",
+                     "checkpoint_every_steps")
 
 
 def resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:

@@ -286,6 +286,7 @@ class BatchLoader:
         self.shuffle, self.drop_last, self.augment = shuffle, drop_last, augment
         self.hflip, self.crop_padding = hflip, crop_padding
         self.seed, self.epoch = seed, 0
+        self._start, self._start_state, self._aug_gen = 0, None, None
         self.memory_format = memory_format
         self.limit_batches = limit_batches
         self.name = name
@@ -319,10 +320,19 @@ class BatchLoader:
     def _shard_size(self) -> int:
         return self.sampler.num_samples if self.sampler is not None else len(self.images)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, *, start_batch: int = 0, generator_state: Tensor | None = None) -> None:
+        """Iterate epoch ``epoch`` next, from batch ``start_batch`` (a resumed mid-epoch
+        checkpoint) with the augmentation generator in ``generator_state`` (what
+        :meth:`generator_state` returned after batch ``start_batch - 1``)."""
         self.epoch = epoch
+        self._start, self._start_state = start_batch, generator_state
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
+
+    def generator_state(self) -> Tensor | None:
+        """The augmentation generator's state after the last batch yielded (None without
+        augmentation), so that a mid-epoch checkpoint can continue the same draws."""
+        return None if self._aug_gen is None else self._aug_gen.get_state()
 
     def __len__(self) -> int:
         n = self._shard_size
@@ -350,7 +360,11 @@ class BatchLoader:
             aug_gen = torch.Generator(device=self.device)
             # rank 0 keeps stream 3, so one process draws what it always did
             aug_gen.manual_seed(derive_seed(self.seed, self.epoch, AUGMENT_STREAM + self.rank))
-        for i in range(len(self)):
+            if self._start_state is not None:
+                aug_gen.set_state(self._start_state)
+        self._aug_gen = aug_gen
+        start, self._start, self._start_state = self._start, 0, None  # once: the next epoch is whole
+        for i in range(start, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             images = self.images[idx]
             if self.augment:

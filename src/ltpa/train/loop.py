@@ -13,9 +13,11 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,6 +31,7 @@ from .config import TrainConfig
 from .data_setup import DROPOUT_STREAM, BatchLoader, derive_seed
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, distributed, read_dist_env
 from .evaluation import classification_report, evaluate, predict, write_report
+from .interrupt import StopRequest, TrainingInterrupted
 from .meters import append_jsonl, topk_correct
 from .plots import plot_curves
 from .precision import Precision, algorithm_settings
@@ -36,7 +39,8 @@ from .run_dir import CHECKPOINT_DIR, remove_run_files, remove_stale_temporaries,
 from .run_plan import RunPlan, plan_run, saved_config
 from .run_setup import head_only, log_scalars, make_lr_lambda, tensorboard, wrap, write_run_files
 
-__all__ = ["TrainingDiverged", "RunResult", "train_one_epoch", "evaluate", "fit", "make_lr_lambda"]
+__all__ = ["TrainingDiverged", "TrainingInterrupted", "RunResult", "train_one_epoch", "evaluate", "fit",
+           "make_lr_lambda"]
 
 logger = logging.getLogger(__name__)
 _SINGLE = DistInfo()
@@ -157,6 +161,8 @@ def train_one_epoch(
     progress: bool = True,
     config: TrainConfig | None = None,
     dist: DistInfo | None = None,
+    position: dict[str, Any] | None = None,
+    after_step: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, float]:
     """One pass over ``loader``: cross-entropy on ``model(images).logits``, SGD step per batch,
     and a scheduler step per batch (the lr lambdas of :func:`make_lr_lambda` count steps).
@@ -166,9 +172,13 @@ def train_one_epoch(
     several ranks the checks and the returned numbers use the sums over all ranks, so every
     rank takes the same decision.
 
+    ``position`` (from a mid-epoch checkpoint: ``batch``, ``sums``, ``steps``, ``seconds``)
+    continues an epoch part-way; the loader must have been set to that batch. ``after_step`` is
+    called after every step with the current position and stops the epoch when it returns True.
+
     Returns:
         ``loss`` (mean per image), ``acc1`` (%), ``samples``, ``steps``, ``seconds``,
-        ``images_per_s`` (all ranks together).
+        ``images_per_s`` (all ranks together), ``stopped`` (after_step said stop).
 
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
@@ -178,12 +188,15 @@ def train_one_epoch(
     model.train()
     device = precision.device
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
-    steps = 0
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch}", disable=not (progress and dist.is_main), leave=False,
-               dynamic_ncols=True, unit="batch")
-    start = time.perf_counter()
+    steps, first, earlier, stopped = 0, 0, 0.0, False
+    if position is not None:
+        sums = position["sums"].to(device=device, dtype=torch.float64).clone()
+        steps, first, earlier = int(position["steps"]), int(position["batch"]), float(position["seconds"])
+    bar = tqdm(total=len(loader), initial=first, desc=f"epoch {epoch}", disable=not (progress and dist.is_main),
+               leave=False, dynamic_ncols=True, unit="batch")
+    start = time.perf_counter() - earlier
     try:
-        for i, (images, targets) in enumerate(loader):
+        for i, (images, targets) in enumerate(loader, start=first):
             optimizer.zero_grad(set_to_none=True)
             logits, loss = _accumulate(model, images, targets, precision, scaler, accumulate)
             if grad_clip_norm > 0:
@@ -209,6 +222,10 @@ def train_one_epoch(
                 bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100.0 * correct / seen:.1f}%",
                                 img_s=f"{seen / max(elapsed, 1e-9):.0f}")
             bar.update(1)
+            if after_step is not None and after_step(
+                    {"batch": i + 1, "sums": sums, "steps": steps, "seconds": time.perf_counter() - start}):
+                stopped = True
+                break
     finally:
         bar.close()
     all_reduce_sum(sums, dist)
@@ -221,6 +238,7 @@ def train_one_epoch(
         "steps": steps,
         "seconds": seconds,
         "images_per_s": seen / max(seconds, 1e-9),
+        "stopped": stopped,
     }
 
 
@@ -352,16 +370,31 @@ def _train(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
         if resume and main:  # drop lines of epochs after the checkpoint (killed between writes)
             atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in records).encode())
         writer = tensorboard(out_dir, config, main, purge_step=start_epoch + 1 if resume else None)
+        stop = StopRequest().install()
         try:
+            position = plan.position  # a mid-epoch checkpoint's: the first epoch continues there
             for epoch in range(start_epoch + 1, config.epochs + 1):
-                torch.manual_seed(derive_seed(config.seed, epoch, DROPOUT_STREAM + dist.rank))
+                if position is None:
+                    torch.manual_seed(derive_seed(config.seed, epoch, DROPOUT_STREAM + dist.rank))
+                    train_loader.set_epoch(epoch)
+                    lr = optimizer.param_groups[0]["lr"]  # at the epoch's first step
+                else:  # the RNG states came back with the checkpoint
+                    train_loader.set_epoch(epoch, start_batch=int(position["batch"]),
+                                           generator_state=position.get("generator"))
+                    lr = position["lr"]
                 head_only(model, plan.trainable, epoch <= config.head_warmup_epochs)
-                train_loader.set_epoch(epoch)
-                lr = optimizer.param_groups[0]["lr"]  # at the epoch's first step
+                saver = _StepCheckpoints(plan, store, stop, epoch=epoch, step=step, lr=lr,
+                                         best=(best_acc if has_val else None, best_epoch), dist=dist)
                 train = train_one_epoch(train_model, train_loader, optimizer, scheduler, scaler,
                                         precision, epoch=epoch, grad_clip_norm=config.grad_clip_norm,
                                         log_every=config.log_every, progress=progress,
-                                        config=config, dist=dist)
+                                        config=config, dist=dist, position=position, after_step=saver)
+                position = None
+                if train["stopped"]:
+                    say("stopped by %s in epoch %d after step %d: saved %s; resume to continue",
+                        signal.Signals(stop.signum).name, epoch, step + train["steps"],
+                        saver.last.name if saver.last else "nothing")
+                    raise TrainingInterrupted(stop.signum, saver.last, out_dir)
                 step += train["steps"]
                 broadcast_buffers(model, dist)  # every rank evaluates rank 0's BN statistics
                 val = (evaluate(eval_model, val_loader, precision, num_classes=config.num_classes,
@@ -392,13 +425,49 @@ def _train(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
                     plot_curves(records, out_dir / "curves.png",
                                 title=f"{config.model} on {config.data}")
                 _check_stuck(config, epoch, train["loss"])
+            stop.uninstall()
             barrier(dist)  # the checkpoints rank 0 wrote are complete
             return _final_test(config, out_dir, model, eval_model, test_loader, precision,
                                records, plan.data.class_names, dist, has_val=has_val,
                                best_epoch=best_epoch)
         finally:
+            stop.uninstall()
             if writer is not None:
                 writer.close()
+
+
+class _StepCheckpoints:
+    """``after_step`` of :func:`train_one_epoch`: a mid-epoch checkpoint every
+    ``checkpoint_every_steps`` steps and when a stop was requested (then it says stop)."""
+
+    def __init__(self, plan: RunPlan, store: CheckpointStore, stop: StopRequest, *, epoch: int,
+                 step: int, lr: float, best: tuple[float | None, int], dist: DistInfo) -> None:
+        self.plan, self.store, self.stop, self.dist = plan, store, stop, dist
+        self.epoch, self.step, self.lr, self.best = epoch, step, lr, best
+        self.last: Path | None = None
+
+    def __call__(self, position: dict[str, Any]) -> bool:
+        stop = self.stop.signum is not None
+        if self.dist.enabled:  # every rank stops after the same step
+            flag = torch.tensor([float(stop)], dtype=torch.float64, device=self.plan.precision.device)
+            stop = all_reduce_sum(flag, self.dist).item() > 0
+        every = self.plan.config.checkpoint_every_steps
+        step = self.step + position["steps"]
+        due = every > 0 and step % every == 0 and position["batch"] < len(self.plan.train_loader)
+        if not (stop or due):
+            return False
+        if self.dist.is_main:
+            plan = self.plan
+            self.last = self.store.save(
+                f"step_{step:08d}", keep_last=plan.config.keep_last, model=plan.model,
+                optimizer=plan.optimizer, scheduler=plan.scheduler, scaler=plan.scaler,
+                config=plan.config.to_dict(), epoch=self.epoch - 1, step=step,
+                metrics={"best_val_acc1": self.best[0], "best_epoch": self.best[1]},
+                position={**position, "epoch": self.epoch, "lr": self.lr,
+                          "generator": plan.train_loader.generator_state()})
+            logger.info("saved mid-epoch checkpoint %s (epoch %d, batch %d of %d)", self.last.stem,
+                        self.epoch, position["batch"], len(plan.train_loader))
+        return stop
 
 
 # A write that failed for lack of space: the run can continue once there is room again.

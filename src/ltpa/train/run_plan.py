@@ -53,7 +53,9 @@ class RunPlan:
         train_loader, val_loader, test_loader: batches ready for the model.
         optimizer, scheduler, scaler: holding the checkpoint's states on resume.
         resumed: the checkpoint a resumed run continues from, else None.
-        start_epoch, step, best_acc, best_epoch: where training continues.
+        start_epoch, step, best_acc, best_epoch: where training continues (``step``: at the
+            start of the epoch after ``start_epoch``).
+        position: from a mid-epoch checkpoint, where in epoch ``start_epoch + 1`` it was taken.
         records: the ``metrics.jsonl`` records up to ``start_epoch``.
         previous_environment: the run's ``environment.json`` on resume.
         log_records: log records of the planning, for ``train.log``.
@@ -81,6 +83,7 @@ class RunPlan:
     best_acc: float = float("-inf")
     best_epoch: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
+    position: dict[str, Any] | None = None
     previous_environment: dict[str, Any] | None = None
     log_records: list[logging.LogRecord] = field(default_factory=list, repr=False)
 
@@ -178,6 +181,9 @@ def _plan(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, o
         plan.records = _read_metrics(out_dir / "metrics.jsonl", up_to_epoch=resumed.epoch)
         resumed.restore_rng()  # last: nothing after it may draw random numbers before training
         plan.resumed, plan.start_epoch, plan.step = resumed, resumed.epoch, resumed.step
+        plan.position = resumed.position
+        if plan.position is not None:  # a mid-epoch checkpoint: its epoch started this many steps ago
+            plan.step -= int(plan.position["steps"])
         if resumed.metrics.get("best_val_acc1") is not None:
             plan.best_acc = resumed.metrics["best_val_acc1"]
         plan.best_epoch = resumed.metrics.get("best_epoch", 0)
