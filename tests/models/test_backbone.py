@@ -141,8 +141,9 @@ def offline_hub(monkeypatch):
 
 
 def test_pretrained_true_without_a_file_never_touches_the_hub(offline_hub):
-    with pytest.raises(ValueError, match=r"weights=PATH \(CLI: --weights PATH\)"):
+    with pytest.raises(ValueError, match=r"pass weights=PATH with") as info:
         ltpa.create_model("timm_att", backbone="test_resnet", pretrained=True)
+    assert "pass --weights PATH with" in info.value.render(cli=True)  # what `ltpa train` prints
     assert offline_hub == []
 
 

@@ -273,7 +273,7 @@ def load_data(spec: str | DataSpec, *, download: bool = False,
         from .masks import load_mask_source
 
         if download:
-            raise ValueError("masks: there is nothing to download for a mask folder; drop --download")
+            raise UserError("masks: there is nothing to download for a mask folder; ", Option("download", False))
         return load_mask_source(root, options=spec.options)
     from .folder import load_folder
 

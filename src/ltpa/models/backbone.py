@@ -34,6 +34,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..errors import Option, UserError
 from ._registry import build, register_model
 from .blocks import LevelAttentionMixin
 from .output import LevelInfo
@@ -122,10 +123,10 @@ def _create_backbone(timm, backbone: str, pretrained, weights, options: dict) ->
             trunk.pretrained_cfg.pop("state_dict", None)  # don't keep a second copy alive
         return trunk
     if pretrained is True:
-        raise ValueError(
-            f"pretrained=True needs a local weights file for {backbone!r}: pass weights=PATH "
-            "(CLI: --weights PATH) with its .safetensors/.pth state dict, or pretrained='download' "
-            "to let timm fetch it from its hub (needs network)")
+        raise UserError(
+            f"pretrained=True needs a local weights file for {backbone!r}: ", Option("weights", "PATH"),
+            " with its .safetensors/.pth state dict, or pretrained='download' to let timm fetch it from its hub "
+            "(needs network)")
     if pretrained == "download":
         try:
             return timm.create_model(backbone, features_only=True, pretrained=True, **options)

@@ -166,14 +166,14 @@ def collect_run(run_dir: str | Path) -> RunData:
     """
     run_dir = Path(run_dir)
     if not run_dir.exists():
-        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist; give the --out folder of "
-                                "`ltpa train` or `ltpa demo`")
+        raise FileNotFoundError(f"run folder {str(run_dir)!r} does not exist; give the folder a training run wrote "
+                                "(`ltpa train`, `ltpa demo`, fit)")
     if not run_dir.is_dir():
-        raise ValueError(f"{str(run_dir)!r} is a file, not a run folder; give the --out folder of "
-                         "`ltpa train` or `ltpa demo`")
+        raise ValueError(f"{str(run_dir)!r} is a file, not a run folder; give the folder a training run wrote "
+                         "(`ltpa train`, `ltpa demo`, fit)")
     if not any((run_dir / name).is_file() for name in ("config.json", "environment.json", "metrics.jsonl")):
         raise ValueError(f"{str(run_dir)!r} holds no ltpa run (no config.json, environment.json or "
-                         "metrics.jsonl); give the --out folder of `ltpa train` or `ltpa demo`")
+                         "metrics.jsonl); give the folder a training run wrote (`ltpa train`, `ltpa demo`, fit)")
     notes: list[str] = []
     data = RunData(run_dir=run_dir, notes=notes)
     data.config = _read_dict(run_dir / "config.json", notes)
