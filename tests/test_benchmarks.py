@@ -13,7 +13,9 @@ TINY = {
     "train_throughput": ["--width", "0.0625", "--batch", "2", "--steps", "1", "--warmup", "0"],
     "memory": ["--sizes", "32", "--width", "0.0625"],
     "epoch_throughput": ["--width", "0.0625", "--images", "16", "--batch", "8", "--repeats", "1"],
+    "gpu": ["--tiny", "--skip", "trainer"],  # the trainer section runs in its own test below
 }
+SLOW = {"gpu"}
 
 
 def _load(name):
@@ -23,7 +25,7 @@ def _load(name):
     return module
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(TINY)])
 def test_benchmark_prints_and_records_the_cpu_class_and_precision(name, tmp_path, capsys):
     assert sorted(p.stem for p in BENCHMARKS.glob("*.py")) == sorted(TINY)  # a new benchmark gets a row here
     out = tmp_path / "result.json"
@@ -37,3 +39,38 @@ def test_benchmark_prints_and_records_the_cpu_class_and_precision(name, tmp_path
     assert record["cpu_capability"] == capability
     assert record.get("precision_name", record.get("precision")) == precision
     assert record["environment"]["cpu_capability"] == capability
+
+
+def test_train_throughput_counts_flops_and_shares_of_the_roofline_it_measured(tmp_path):
+    module = _load("train_throughput")
+    full = module.argparse.Namespace(model="vgg_att3", width=1.0, size=32, batch=2)
+    assert module.gflop_per_image(full, torch.device("cpu")) == pytest.approx(22.72, abs=0.01)  # the 22.7
+    out = tmp_path / "result.json"
+    module.main([*TINY["train_throughput"], "--gemm-size", "128", "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert record["gemm_gflops"]["fp32"] > 0 and record["gflop_per_image"] > 0
+    peer, *others = record["results"]
+    assert peer["path"].startswith("fp32 NCHW eager") and peer["precision"] == "fp32"
+    for row in record["results"]:
+        expected = row["img_per_s"] * record["gflop_per_image"] / record["gemm_gflops"][row["precision"]]
+        assert row["roofline_share"] == pytest.approx(expected)
+    fast = next(r for r in others if r["path"] == record["fast_path"])
+    assert record["speedup"] == pytest.approx(fast["img_per_s"] / peer["img_per_s"])
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_every_section_end_to_end_on_a_tiny_setting(tmp_path, capsys):
+    out = tmp_path / "gpu.json"
+    module = _load("gpu")
+    sample = module._default_cifar()
+    data = sample if Path(sample).is_dir() else "synthetic"  # the real sample where CI has it
+    assert module.main(["--tiny", "--skip", "tests", "--cifar", data, "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert set(record["sections"]) == {"throughput", "trainer", "memory"}
+    assert all(section["ok"] for section in record["sections"].values())
+    trainer = record["sections"]["trainer"]["result"]
+    assert trainer["epochs"] == 1 and trainer["model_only_img_per_s"] > 0
+    assert trainer["projected_300_epochs_min"] == pytest.approx(
+        300 * trainer["epoch_seconds"][-1] * 50_000 / trainer["train_images_per_epoch"] / 60)
+    assert [row["size"] for row in record["sections"]["memory"]["result"]] == [80, 96]
+    assert "projected 300 CIFAR-100 epochs" in capsys.readouterr().out
