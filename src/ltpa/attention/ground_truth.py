@@ -20,7 +20,12 @@ __all__ = ["EvaluationSet", "hold_out", "load_evaluation_set", "load_validation_
 
 @dataclass(frozen=True)
 class EvaluationSet:
-    """uint8 images ``(N, 3, S, S)`` and whatever ground truth their source has (else None)."""
+    """uint8 images ``(N, 3, S, S)`` and whatever ground truth their source has (else None).
+
+    ``groups`` ``(N,)`` int64 index into ``group_names``: the class folder of each image of a
+    ``masks:`` folder with several classes (None otherwise); the report has a table per group.
+    ``notes``: what the loader left out (e.g. images without a mask), for the report.
+    """
 
     images: Tensor
     targets: Tensor | None
@@ -30,20 +35,26 @@ class EvaluationSet:
     part_visible: Tensor | None
     part_names: tuple[str, ...]
     description: str
+    groups: Tensor | None = None
+    group_names: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
-    def select(self, index: slice) -> EvaluationSet:
-        """The images in ``index`` (a slice) with their ground truth."""
+    def select(self, index: slice | Tensor, description: str | None = None) -> EvaluationSet:
+        """The images in ``index`` (a slice or int64 indices) with their ground truth."""
         def part(value):
             return None if value is None else value[index]
 
         return EvaluationSet(self.images[index], part(self.targets), part(self.masks), part(self.boxes),
-                             part(self.parts), part(self.part_visible), self.part_names, self.description)
+                             part(self.parts), part(self.part_visible), self.part_names,
+                             self.description if description is None else description, part(self.groups),
+                             self.group_names, self.notes)
 
     def ground_truth(self) -> dict:
         """Keyword arguments for :func:`~ltpa.attention.report.localise`."""
         return {"masks": self.masks, "boxes": self.boxes, "parts": self.parts,
                 "part_visible": self.part_visible, "part_names": self.part_names or None,
-                "targets": self.targets}
+                "targets": self.targets, "groups": self.groups, "group_names": self.group_names or None,
+                "notes": self.notes or None}
 
 
 def load_evaluation_set(spec: str, *, image_size: int, limit: int | None = None, split: str = "test",
@@ -80,11 +91,27 @@ def load_evaluation_set(spec: str, *, image_size: int, limit: int | None = None,
             raise ValueError(f"{spec!r} is a folder of images with masks, without a training split to take "
                              "validation images from; hold out part of it instead (e.g. --calibrate 50)")
         from ..data.masks import load_mask_folder
+        from ..data.sources import check_options, parse_data_spec
 
-        folder = load_mask_folder(spec.split(":", 1)[1], image_size, limit=limit, mode=resize_mode,
-                                  bbox_margin=bbox_margin)
-        return EvaluationSet(folder.images, None, folder.masks, folder.boxes, None, None, (),
-                             f"{len(folder.images)} images with masks from {spec[6:]} ({resize_mode})")
+        parsed = parse_data_spec(spec)
+        check_options("masks", parsed.options, ("subset",))
+        folder = load_mask_folder(parsed.root, image_size, limit=limit, mode=resize_mode, bbox_margin=bbox_margin,
+                                  subset=str(parsed.options.get("subset", "auto")))
+        counts = torch.bincount(folder.labels, minlength=len(folder.class_names)).tolist()
+        classes = ", ".join(f"{name} {count}" for name, count in zip(folder.class_names, counts))
+        empty = int((~folder.masks.flatten(1).any(1)).sum())
+        notes = []
+        if folder.missing_masks:
+            notes.append(f"{len(folder.missing_masks)} image(s) without a mask left out: "
+                         f"{', '.join(folder.missing_masks)}")
+        if empty:
+            notes.append(f"{empty} image(s) with an empty mask (no object) kept")
+        text = f"{len(folder.images)} images with masks from {parsed.root} ({resize_mode}; {classes})"
+        if notes:
+            text += "; " + "; ".join(notes)
+        return EvaluationSet(folder.images, None, folder.masks, folder.boxes, None, None, (), text,
+                             folder.labels if len(folder.class_names) > 1 else None,
+                             folder.class_names if len(folder.class_names) > 1 else (), tuple(notes))
     from ..data.sources import load_data
 
     options = dict(synthetic_defaults or {})
@@ -152,7 +179,10 @@ def load_validation_set(config, spec: str | None = None, *, limit: int | None = 
 
 def hold_out(evaluation: EvaluationSet, count: int) -> tuple[EvaluationSet, EvaluationSet]:
     """Split ``evaluation`` into a calibration part (its first ``count`` images) and the scored
-    rest, which share no image.
+    rest, which share no image. With ``groups`` (a ``masks:`` folder of several classes) the
+    calibration part takes the first images of every class in turn (class 0's first, class 1's
+    first, ..., then the seconds), so every class is scored and the threshold is not chosen on
+    one class alone.
 
     Raises:
         ValueError: ``count`` leaves no image on either side.
@@ -161,10 +191,15 @@ def hold_out(evaluation: EvaluationSet, count: int) -> tuple[EvaluationSet, Eval
     if isinstance(count, bool) or not isinstance(count, int) or not 0 < count < total:
         raise ValueError(f"--calibrate {count!r} must hold out between 1 and {total - 1} of the {total} evaluation "
                          f"images (the rest are scored); raise --limit or hold out fewer")
-    held, scored = evaluation.select(slice(0, count)), evaluation.select(slice(count, total))
-    return (EvaluationSet(*[getattr(held, f) for f in _FIELDS], f"{count} held-out images of {evaluation.description}"),
-            EvaluationSet(*[getattr(scored, f) for f in _FIELDS],
-                          f"{total - count} scored images of {evaluation.description}"))
-
-
-_FIELDS = ("images", "targets", "masks", "boxes", "parts", "part_visible", "part_names")
+    if evaluation.groups is None:
+        order = torch.arange(total)
+    else:  # rank of each image within its class, then class: round-robin over the classes
+        groups = torch.as_tensor(evaluation.groups, dtype=torch.int64)
+        rank = torch.zeros(total, dtype=torch.int64)
+        for group in groups.unique():
+            members = (groups == group).nonzero().flatten()
+            rank[members] = torch.arange(len(members))
+        order = torch.as_tensor(sorted(range(total), key=lambda i: (int(rank[i]), int(groups[i]), i)))
+    held_index, scored_index = order[:count].sort().values, order[count:].sort().values
+    return (evaluation.select(held_index, f"{count} held-out images of {evaluation.description}"),
+            evaluation.select(scored_index, f"{total - count} scored images of {evaluation.description}"))

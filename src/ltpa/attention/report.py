@@ -3,6 +3,13 @@
 :func:`localise` computes, for the learned attention (each level) and the baselines (Grad-CAM,
 Grad-CAM++, LayerCAM, CAM of a VGG-GAP model, centre prior, random), on the same images:
 
+Gradient saliency (Simonyan et al. 2014, :mod:`ltpa.attention.saliency`) is one more baseline
+row (method ``"saliency"``). The centre prior is a centred isotropic Gaussian
+(:func:`~ltpa.attention.localisation.centre_prior`), the same for every image: it needs no
+training data. With ``groups`` (the class folders of a ``masks:`` folder) the pointing game and
+the Jaccard scores are also given per class (``per_class``; the calibrated threshold is still
+chosen once, on the whole calibration split).
+
 * pointing game (a named variant: ``ltpa``, ``zhang2018`` or ``quantus``) and energy pointing
   game (``raw`` or ``minmax``) against the mask (or box);
 * Jaccard of binarised maps against the mask (fixed threshold, a threshold calibrated on a
@@ -16,7 +23,8 @@ Grad-CAM++, LayerCAM, CAM of a VGG-GAP model, centre prior, random), on the same
   :mod:`ltpa.attention.diagnostics`.
 
 :func:`write_localisation_report` writes ``localisation.json`` (everything), ``localisation.csv``
-(one row per method/level, one column per metric), ``diagnostics.txt`` (the explanation),
+(one row per method/level, one column per metric), ``localisation_per_class.csv`` (with
+``groups``: one row per class and method/level), ``diagnostics.txt`` (the explanation),
 ``parts.png`` and ``faithfulness.png``. :data:`ltpa.attention.metrics.METRICS` defines and cites
 every column.
 """
@@ -41,12 +49,13 @@ from ltpa.attention.metrics import pointing_rule
 from ltpa.attention.metrics.wsol import best_box_iou, box_accuracy_scores, pixel_average_precision, wsol_thresholds
 from ltpa.attention.overlays import save_figure
 from ltpa.attention.parts import part_table, plot_part_table
+from ltpa.attention.saliency import gradient_saliency
 from ltpa.attention.segmentation import DEFAULT_THRESHOLDS, segmentation_scores
 
 __all__ = ["METHODS", "DEFAULT_METHODS", "class_targets", "localise", "localise_trained",
            "write_localisation_report"]
 
-METHODS = ("attention", *CAM_METHODS, "cam", "centre", "random")
+METHODS = ("attention", *CAM_METHODS, "cam", "saliency", "centre", "random")
 DEFAULT_METHODS = ("attention", *CAM_METHODS, "centre", "random")
 CSV_COLUMNS = ("method", "level", "kind", "pointing", "energy", "jaccard_fixed", "jaccard_calibrated",
                "calibrated_threshold", "jaccard_oracle", "oracle_threshold", "jaccard_per_image_best_upper_bound",
@@ -54,6 +63,8 @@ CSV_COLUMNS = ("method", "level", "kind", "pointing", "energy", "jaccard_fixed",
                "top1_loc_calibrated", "top1_loc_oracle", "pxap", "peak_on_part", "peak_part_fraction",
                "deletion_auc", "insertion_auc", "road_morf", "road_lerf", "road_combined")
 _TABLE_HIDDEN = ("jaccard_per_image_best_upper_bound", "road_morf", "road_lerf", "peak_part_fraction")
+PER_CLASS_COLUMNS = ("class", "images", "method", "level", "pointing", "jaccard_fixed", "jaccard_calibrated",
+                     "calibrated_threshold", "jaccard_oracle", "oracle_threshold")
 _WSOL_KEYS = ("maxboxacc_v2", "boxacc_v2_calibrated", "gt_known_calibrated", "gt_known_oracle",
               "top1_loc_calibrated", "top1_loc_oracle")
 
@@ -86,6 +97,12 @@ def _heats(
         maps = gap_cam_maps(gap_model, inputs, target_classes=target_classes, batch_size=batch_size)
         rows["cam/vgg_gap"] = {"method": "cam", "level": maps.levels[0].name,
                                "kind": "CAM of a separate VGG-GAP model", "heat": maps.upsampled[0][:, 0]}
+    if "saliency" in methods:
+        target = "target_classes" if target_classes is not None else "predicted class"
+        rows["saliency"] = {"method": "saliency", "level": "input",
+                            "kind": f"post-hoc, |d score / d input| (Simonyan 2014), {target}",
+                            "heat": gradient_saliency(model, inputs, target_classes=target_classes,
+                                                      batch_size=batch_size)}
     if "centre" in methods:
         rows["centre"] = {"method": "centre", "level": "", "kind": "baseline: Gaussian centre prior",
                           "heat": centre_prior((height, width), batch_size=count)}
@@ -140,6 +157,9 @@ def localise(
     road_percentiles: Sequence[int] | None = ROAD_PERCENTILES,
     seed: int = 0,
     batch_size: int = 64,
+    groups: Tensor | None = None,
+    group_names: Sequence[str] | None = None,
+    notes: Sequence[str] | None = None,
 ) -> dict:
     """Every localisation metric per method and level, on one set of images.
 
@@ -181,6 +201,9 @@ def localise(
         road_percentiles: ROAD's percentiles; ``None`` or empty skips ROAD.
         seed: seed of the random baseline and of ROAD's imputation noise.
         batch_size: images per forward pass.
+        groups: ``(N,)`` int64 class (folder) of each image, indexing ``group_names``; adds
+            ``per_class`` (pointing and Jaccard per class and row).
+        notes: lines about the data (e.g. images left out for want of a mask), kept in the JSON.
 
     Returns:
         A JSON-ready dict: ``num_images``, ``image_size``, ``region``, ``pointing`` (variant,
@@ -189,7 +212,7 @@ def localise(
         "energy", "jaccard_fixed", ...}}`` (the CSV), ``segmentation`` (full curves), ``wsol``
         (per-delta box accuracies) , ``parts`` (table or None), ``faithfulness`` (curves or
         None), ``road`` (curves or None), ``diagnostics`` and ``explanation`` (learned maps;
-        None without ``"attention"``).
+        None without ``"attention"``), ``per_class`` (None without ``groups``) and ``notes``.
 
     Raises:
         ValueError: no ground truth, mismatched counts, unknown methods or variants.
@@ -254,6 +277,12 @@ def localise(
         if masks is not None:
             table[name]["pxap"] = pixel_average_precision(heat, truth, interval=wsol_interval)
 
+    per_class = None
+    if groups is not None:
+        per_class = _per_class(rows, truth, groups, group_names, rule, thresholds=thresholds,
+                               fixed_threshold=fixed_threshold,
+                               held={name: (row["heat"], held_truth) for name, row in held_rows.items()})
+
     parts_result = None
     if parts is not None:
         radius = 0.06 * min(height, width) if part_radius is None else part_radius
@@ -289,7 +318,36 @@ def localise(
         "rows": table, "segmentation": segmentation, "wsol": wsol or None, "parts": parts_result,
         "faithfulness": faithfulness, "road": road_result, "faithfulness_images": used,
         "diagnostics": diagnostics, "explanation": explain(diagnostics) if diagnostics else None,
+        "per_class": per_class, "notes": list(notes or []),
     })
+
+
+def _per_class(rows: dict, truth: Tensor, groups: Tensor, group_names: Sequence[str] | None, rule: dict, *,
+               thresholds: Sequence[float], fixed_threshold: float, held: dict) -> dict:
+    """``{class: {"images", "rows": {row: pointing and Jaccard scores}}}`` of the images of each group."""
+    groups = torch.as_tensor(groups, dtype=torch.int64)
+    if groups.shape != (truth.shape[0],):
+        raise ValueError(f"groups must hold one class index per image ({truth.shape[0]}), got shape "
+                         f"{tuple(groups.shape)}.")
+    count = int(groups.max()) + 1 if len(groups) else 0
+    names = list(group_names) if group_names is not None else [str(g) for g in range(count)]
+    if len(names) < count:
+        raise ValueError(f"group_names has {len(names)} names for group indices up to {count - 1}; give one per class.")
+    result = {}
+    for group, name in enumerate(names):
+        index = (groups == group).nonzero().flatten()
+        if not len(index):
+            continue
+        table = {}
+        for row_name, row in rows.items():
+            heat = row["heat"][index]
+            seg = segmentation_scores(heat, truth[index], thresholds=thresholds, fixed_threshold=fixed_threshold,
+                                      calibration=held.get(row_name))
+            table[row_name] = {"method": row["method"], "level": row["level"],
+                               "pointing": float(pointing_game(heat, mask=truth[index], **rule).float().mean()),
+                               **{key: seg.get(key) for key in PER_CLASS_COLUMNS[5:]}}
+        result[name] = {"images": len(index), "rows": table}
+    return result
 
 
 def class_targets(target: str | int, labels: Tensor | None, count: int, num_classes: int | None = None
@@ -348,7 +406,27 @@ def format_table(result: dict) -> str:
             value = row.get(c)
             cells.append(f"{value:>{w}.3f}" if isinstance(value, float) else f"{str(value if value is not None else ''):>{w}}")
         lines.append(f"{name:<22}" + "".join(cells))
+    if result.get("per_class"):
+        keys = [c for c in ("pointing", "jaccard_fixed", "jaccard_calibrated", "jaccard_oracle")
+                if any(row.get(c) is not None for group in result["per_class"].values()
+                       for row in group["rows"].values())]
+        lines += ["", "per class:", f"{'class':<16}{'images':>7}  {'method/level':<22}" + "".join(f"{k:>19}" for k in keys)]
+        for group, info in result["per_class"].items():
+            for name, row in info["rows"].items():
+                cells = "".join(f"{row[k]:>19.3f}" if row.get(k) is not None else f"{'':>19}" for k in keys)
+                lines.append(f"{group:<16}{info['images']:>7}  {name:<22}{cells}")
     return "\n".join(lines)
+
+
+def _per_class_csv(result: dict) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PER_CLASS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for group, info in result["per_class"].items():
+        for row in info["rows"].values():
+            writer.writerow({"class": group, "images": info["images"],
+                             **{key: ("" if row.get(key) is None else row[key]) for key in PER_CLASS_COLUMNS[2:]}})
+    return buffer.getvalue().encode("utf-8")
 
 
 def write_localisation_report(result: dict, out_dir, *, overwrite: bool = False) -> dict[str, Path]:
@@ -378,6 +456,8 @@ def write_localisation_report(result: dict, out_dir, *, overwrite: bool = False)
         for row in result["rows"].values():
             writer.writerow({key: ("" if row.get(key) is None else row.get(key)) for key in CSV_COLUMNS})
         written["csv"] = folder.write_bytes("localisation.csv", buffer.getvalue().encode("utf-8"))
+        if result.get("per_class"):
+            written["per_class_csv"] = folder.write_bytes("localisation_per_class.csv", _per_class_csv(result))
         if result.get("explanation"):
             written["diagnostics"] = folder.write_bytes("diagnostics.txt",
                                                         (result["explanation"] + "\n").encode("utf-8"))
