@@ -74,7 +74,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .runs.ownership import check_output_file, json_report_recogniser
     from .train.evaluation import evaluate_checkpoint, format_report
 
-    if args.out is not None:  # an existing file: only an earlier eval report, and only with --overwrite
+    if args.out is not None and os.path.isfile(args.out):  # only an earlier eval report, only with --overwrite
         check_output_file(args.out, overwrite=args.overwrite, what="report of `ltpa eval`",
                           recognise=json_report_recogniser("checkpoint", "model", "data", "split", "path"))
     report = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
