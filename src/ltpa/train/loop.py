@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .._files import atomic_write_bytes, atomic_write_json
 from ..runs.checkpoints import CheckpointStore, latest_checkpoint, load_checkpoint, load_model_state
+from ..runs.ownership import claim_run, record_files
 from .config import TrainConfig
 from .data_setup import DROPOUT_STREAM, BatchLoader, derive_seed
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, distributed, read_dist_env
@@ -35,7 +36,8 @@ from .interrupt import StopRequest, TrainingInterrupted
 from .meters import append_jsonl, topk_correct
 from .plots import plot_curves
 from .precision import Precision, algorithm_settings
-from .run_dir import CHECKPOINT_DIR, remove_run_files, remove_stale_temporaries, run_logging
+from .run_dir import (CHECKPOINT_DIR, RUN_FILES, TENSORBOARD_DIR, remove_run_files, remove_stale_temporaries,
+                      run_logging)
 from .run_plan import RunPlan, plan_run, saved_config
 from .run_setup import head_only, log_scalars, make_lr_lambda, tensorboard, wrap, write_run_files
 
@@ -319,6 +321,29 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
 
 
 def _train(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
+    """Hold the run folder's lock while writing: a second writer fails at once (FolderBusy),
+    and the folder's manifest marks it as a run that analysis commands refuse to write into."""
+    lock = claim_run(plan.out_dir, command="ltpa train") if dist.is_main else None
+    try:
+        return _train_locked(plan, dist, progress=progress)
+    finally:
+        if lock is not None:
+            with contextlib.suppress(OSError, ValueError):  # the manifest is informative only here
+                record_files(plan.out_dir, _run_files(plan.out_dir))
+            lock.release()
+
+
+def _run_files(out_dir: Path) -> list[str]:
+    """The run's own files now on disk, relative to the folder, for its manifest."""
+    names = [name for name in RUN_FILES if (out_dir / name).is_file()]
+    for folder in (CHECKPOINT_DIR, TENSORBOARD_DIR):
+        if (out_dir / folder).is_dir():
+            names += [f"{folder}/{p.name}" for p in sorted((out_dir / folder).iterdir())
+                      if p.is_file() and not p.name.startswith(".")]
+    return names
+
+
+def _train_locked(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
     config, out_dir, precision, model = plan.config, plan.out_dir, plan.precision, plan.model
     resume, main = plan.action == "resume", dist.is_main
     stale: list[Path] = []

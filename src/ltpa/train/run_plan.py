@@ -198,6 +198,9 @@ def saved_config(out_dir: str | Path) -> TrainConfig:
         ValueError: no run there, or a config.json that is unreadable or not a TrainConfig.
     """
     config_path = Path(out_dir) / "config.json"
+    if not config_path.exists() and not (Path(out_dir) / "environment.json").exists():
+        raise ValueError(f"cannot resume: {out_dir} does not hold an ltpa run (no config.json); "
+                         f"start a new run without resume=True")
     try:
         return TrainConfig.from_dict(_read_json(config_path))
     except ValueError as err:
