@@ -316,8 +316,8 @@ class OutputFolder:
                             f"`ltpa {self.kind}`; give a new or empty folder for the {self.what}")
         if not self.overwrite:
             raise UserError(f"output folder {str(out)!r} is not empty: it holds an earlier {self.what}; give a "
-                            "new folder, or ", Option("overwrite"), f" to replace it (only the files its {MANIFEST_FILE} "
-                            "lists are replaced; other files are kept)")
+                            "new folder, or ", Option("overwrite"), " to replace it (only the files its "
+                            f"{MANIFEST_FILE} lists are replaced; other files are kept)")
         self.previous, self._checked = manifest.files, True
         return self
 
