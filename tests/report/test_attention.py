@@ -46,6 +46,22 @@ def test_diagnose_summary_is_the_library_summary_of_the_same_images(tiny_run):
     assert panel.explanation == explain(expected)
 
 
+def test_the_panel_generates_only_the_synthetic_test_split_it_shows(tiny_run, monkeypatch):
+    from ltpa.data import synthetic
+
+    made = []
+    real_init = synthetic.SyntheticLocalisation.__init__
+
+    def recording_init(self, num_samples, *args, split="train", **kwargs):
+        made.append((split, num_samples))
+        real_init(self, num_samples, *args, split=split, **kwargs)
+
+    monkeypatch.setattr(synthetic.SyntheticLocalisation, "__init__", recording_init)
+    attention_panel(tiny_run / "checkpoints" / "best.json", images=1, pool=4)
+    assert dict(made)["train"] <= 1  # the train split is never read: generating it is wasted time
+    assert dict(made)["test"] == load_trained(tiny_run / "checkpoints" / "best.json").config.num_test
+
+
 def test_bad_counts_are_refused(tiny_run):
     with pytest.raises(ValueError, match="images must be an int >= 1"):
         attention_panel(tiny_run / "checkpoints" / "best.json", images=0)

@@ -101,7 +101,10 @@ def attention_panel(
         raise ValueError(f"pool must be an int >= images ({images}), got {pool!r}")
     trained = load_trained(checkpoint)
     config = trained.config
-    defaults = {"num_classes": config.num_classes, "seed": config.data_seed, "num_test": config.num_test}
+    # Only the test split is read: a one-image train split spares generating the synthetic one
+    # (each split has its own random stream, so the test images do not change).
+    defaults = {"num_classes": config.num_classes, "seed": config.data_seed, "num_test": config.num_test,
+                "num_train": 1}
     evaluation = load_evaluation_set(data or config.data, image_size=config.image_size, limit=pool,
                                      split="test", synthetic_defaults=defaults, resize_mode=config.resize_mode)
     maps = compute_maps(trained.model, trained.prepare(evaluation.images), batch_size=batch_size)
