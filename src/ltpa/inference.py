@@ -12,7 +12,6 @@ get the run's ``bbox_crop``.
 from __future__ import annotations
 
 import io
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +26,11 @@ from .attention.ground_truth import EvaluationSet, load_evaluation_set
 from .data.images import find_images
 from .data.materialise import BBOX_MARGIN, materialise
 from .data.sources import Split
-from .models import create_model
-from .runs.checkpoints import load_checkpoint, load_model_state
+from .runs.checkpoints import CheckpointError
+from .runs.config import TrainConfig
 from .runs.ownership import OutputFolder
-from .train.config import TrainConfig
-from .train.run_dir import CLASSES_FILE, ZCA_FILE
-from .train.whitening import load_whitening
+from .runs.preprocess import Preprocessing
+from .runs.run import Run
 
 PREDICTIONS_FILE = "predictions.json"
 
@@ -52,6 +50,7 @@ class TrainedModel:
         class_names: one name per class.
         checkpoint: the sidecar it came from.
         whiten: the run's ZCA whitening (float [0, 1] batch in, whitened out), or None.
+        preprocessing: the run's one input preprocessing (:class:`ltpa.runs.preprocess.Preprocessing`).
     """
 
     model: nn.Module
@@ -59,23 +58,25 @@ class TrainedModel:
     class_names: tuple[str, ...]
     checkpoint: Path
     whiten: Callable[[Tensor], Tensor] | None = field(default=None, repr=False)
+    preprocessing: Preprocessing | None = field(default=None, repr=False)
+
+    def _preprocessing(self) -> Preprocessing:
+        if self.preprocessing is not None:
+            return self.preprocessing
+        return Preprocessing(self.config.mean, self.config.std, zca=self.whiten)
 
     def prepare(self, images: Tensor) -> Tensor:
         """uint8 images ``(B, 3, H, W)`` -> the model's input, exactly as in training (ZCA or mean/std)."""
-        if self.whiten is not None:
-            return self.whiten(images.float() / 255.0)
-        return normalise(images, self.config.mean, self.config.std)
+        return self._preprocessing().to(images.device)(images)
+
+    def prepare_float(self, images: Tensor) -> Tensor:
+        """Float pixels in [0, 1] ``(B, 3, H, W)`` -> the model's input; differentiable (attacks)."""
+        return self._preprocessing().to(images.device).float(images)
 
 
 def class_names_for(config: TrainConfig, run_dir: Path | None = None) -> tuple[str, ...]:
     """Class names of a run: its ``classes.json``, else derived from the data (numbers at worst)."""
-    if run_dir is not None and (run_dir / CLASSES_FILE).is_file():
-        return tuple(json.loads((run_dir / CLASSES_FILE).read_text(encoding="utf-8")))
-    if config.data == "synthetic":
-        from .data.synthetic import SyntheticLocalisation
-
-        return SyntheticLocalisation(1, image_size=32, num_classes=config.num_classes).class_names
-    return tuple(str(k) for k in range(config.num_classes))
+    return Run(run_dir, config, None).class_names
 
 
 def load_trained(path: str | Path) -> TrainedModel:
@@ -85,16 +86,13 @@ def load_trained(path: str | Path) -> TrainedModel:
         CheckpointError: not an ltpa checkpoint, corrupt (sha256 mismatch) or not matching its
             own config.
     """
-    checkpoint = load_checkpoint(path)
-    config = TrainConfig.from_dict(checkpoint.config)
-    options = {"input_size": config.image_size, **config.model_options}
-    model = create_model(config.model, num_classes=config.num_classes, **options)
-    load_model_state(model, checkpoint)
-    run_dir = _run_dir_of(checkpoint.path)
-    whiten = None
-    if config.zca:
-        whiten = load_whitening((run_dir or checkpoint.path.parent) / ZCA_FILE, device=torch.device("cpu"))
-    return TrainedModel(model.eval(), config, class_names_for(config, run_dir), checkpoint.path, whiten)
+    run = Run.open(path)
+    if run.checkpoint is None:
+        raise CheckpointError(f"run {run.folder} has no checkpoint yet (it stopped before its first one); "
+                              f"continue the run to make one")
+    preprocessing = run.preprocessing
+    whiten = preprocessing._whiten if run.config.zca else None
+    return TrainedModel(run.load_model(), run.config, run.class_names, run.checkpoint, whiten, preprocessing)
 
 
 def load_files_as_trained(config: TrainConfig, paths: Sequence[str | Path], *,
@@ -136,17 +134,9 @@ def evaluation_set(config: TrainConfig, spec: str | None = None, *, limit: int |
                                bbox_margin=BBOX_MARGIN)
 
 
-def _run_dir_of(checkpoint: Path) -> Path | None:
-    """RUN for RUN/checkpoints/x.json (the trainer's layout), else None."""
-    parent = checkpoint.resolve().parent
-    return parent.parent if parent.name == "checkpoints" else None
-
-
 def normalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """uint8 images ``(B, 3, H, W)`` -> float, normalised as in training (mean/std in [0, 1] units)."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - mean_t) / std_t
+    return Preprocessing(mean, std, device=images.device)(images)
 
 
 def attend_files(

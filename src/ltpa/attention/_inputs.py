@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from ltpa.attention.maps import AttentionMaps
+from ltpa.runs.preprocess import Preprocessing
 
 __all__ = ["prepare_images", "preserve_model_state", "as_distribution", "check_heat", "model_device"]
 
@@ -40,13 +41,11 @@ def prepare_images(
                 "(e.g. trained.config.mean and trained.config.std), or pass float images that "
                 "are already normalised."
             )
-        mean_t = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std_t = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        if mean_t.numel() != images.shape[1] or std_t.numel() != images.shape[1]:
+        if len(mean) != images.shape[1] or len(std) != images.shape[1]:
             raise ValueError(
                 f"mean and std need one value per channel ({images.shape[1]}), got {mean!r}, {std!r}."
             )
-        return (images.float() / 255.0 - mean_t) / std_t
+        return Preprocessing(mean, std, device=images.device)(images)  # the run's one normalisation
     if images.is_floating_point():
         if mean is not None or std is not None:
             raise ValueError(

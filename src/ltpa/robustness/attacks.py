@@ -45,19 +45,10 @@ def pixel_preprocess(trained) -> Callable[[Tensor], Tensor]:
     Raises:
         ValueError: the run has neither ZCA nor a per-channel mean and std.
     """
-    if trained.whiten is not None:
-        return trained.whiten  # ZCAWhitening.apply: (x - mean) @ W, differentiable in x
-    mean, std = trained.config.mean, trained.config.std
-    if mean is None or std is None:
+    if trained.whiten is None and (trained.config.mean is None or trained.config.std is None):
         raise ValueError(f"checkpoint {trained.checkpoint} records no mean/std and no ZCA whitening, so its "
                          f"input preprocessing is unknown; use a checkpoint written by ltpa train")
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-
-    def normalise(images: Tensor) -> Tensor:
-        return (images - mean_t.to(images.device)) / std_t.to(images.device)
-
-    return normalise
+    return trained.prepare_float  # the float path of the run's one Preprocessing, differentiable
 
 
 class PixelClassifier(nn.Module):

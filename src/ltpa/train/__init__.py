@@ -2,7 +2,7 @@
 evaluation of finished runs."""
 from ..runs.checkpoints import (Checkpoint, CheckpointError, latest_checkpoint, list_checkpoints,
                          load_checkpoint, load_model_state, prune_checkpoints, save_checkpoint)
-from .config import TrainConfig, apply_overrides
+from ..runs.config import TrainConfig, apply_overrides
 from .data_setup import BatchLoader, DataSplits, augment_batch, build_data, stratified_split
 from .distributed import DistInfo, read_dist_env
 from .evaluation import classification_report, evaluate, evaluate_checkpoint, format_report

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 from torch.utils.data.distributed import DistributedSampler
 
-from .config import TrainConfig
+from ..runs.preprocess import Preprocessing
+from ..runs.config import TrainConfig
 
 __all__ = [
     "DataSplits",
@@ -294,8 +295,7 @@ class BatchLoader:
         channels = images.shape[1]
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"{name}: mean/std need {channels} values, got {mean} / {std}")
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0
-        self._inv_std = 1.0 / (torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255.0)
+        self.preprocess = Preprocessing(mean, std, zca=whiten, device=self.device)  # the run's one
         shard = self._shard_size
         dropped = shard % batch_size if drop_last else 0
         if drop_last and shard < batch_size:
@@ -370,8 +370,5 @@ class BatchLoader:
             if self.augment:
                 images = augment_batch(images, hflip=self.hflip, crop_padding=self.crop_padding,
                                        generator=aug_gen)
-            if self.whiten is not None:
-                images = self.whiten(images.float() / 255.0)  # (B, C, H, W)
-            else:
-                images = (images.float() - self._mean) * self._inv_std  # (B, C, H, W) normalised
+            images = self.preprocess(images)  # (B, C, H, W) float: mean/std or ZCA, as everywhere
             yield images.contiguous(memory_format=self.memory_format), self.targets[idx]

@@ -20,13 +20,13 @@ from torch.nn import functional as F
 
 from .._files import atomic_write_bytes, atomic_write_json
 from ..runs.checkpoints import load_checkpoint, load_model_state
-from .config import TrainConfig
+from ..runs.preprocess import Preprocessing
+from ..runs.config import TrainConfig
 from .data_setup import BatchLoader, build_data
 from .distributed import DistInfo, all_reduce_sum, gather_objects
 from .meters import accuracy_ks, topk_correct
 from .precision import Precision, resolve_precision
-from .run_dir import CLASSES_FILE, ZCA_FILE
-from .whitening import load_whitening
+from .run_dir import CLASSES_FILE
 
 __all__ = ["evaluate", "Predictions", "predict", "classification_report", "write_report",
            "format_report", "evaluate_checkpoint", "build_model", "SPLITS"]
@@ -265,9 +265,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_spec: str | None = N
     if data.num_classes != config.num_classes:
         raise ValueError(f"data {config.data!r} has {data.num_classes} classes but the checkpoint's "
                          f"model predicts {config.num_classes}; evaluate on data with the same classes")
-    whiten = None
-    if config.zca:
-        whiten = load_whitening(run_dir / ZCA_FILE, device=numerics.device)
+    preprocess = Preprocessing.from_config(config, run_dir, device=numerics.device)
     images = {"test": data.test_images, "val": data.val_images, "train": data.train_images}[split]
     targets = {"test": data.test_targets, "val": data.val_targets, "train": data.train_targets}[split]
     if len(targets) == 0:
@@ -276,7 +274,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_spec: str | None = N
     warnings = _class_name_warnings(run_dir, config.data, data.class_names)
     loader = BatchLoader(images, targets, batch_size=batch_size, mean=config.mean,
                          std=config.std, device=numerics.device,
-                         memory_format=numerics.memory_format, whiten=whiten, name=split)
+                         memory_format=numerics.memory_format, whiten=preprocess.zca, name=split)
     report = classification_report(predict(model, loader, numerics), data.class_names)
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {"checkpoint": str(ckpt.path), "epoch": ckpt.epoch, "model": config.model,

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .._files import atomic_write_bytes, atomic_write_json
 from ..runs.checkpoints import CheckpointStore, latest_checkpoint, load_checkpoint, load_model_state
 from ..runs.ownership import claim_run, record_files
-from .config import TrainConfig
+from ..runs.config import TrainConfig
 from .data_setup import DROPOUT_STREAM, BatchLoader, derive_seed
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, distributed, read_dist_env
 from .evaluation import classification_report, evaluate, predict, write_report

@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from ..runs.checkpoints import Checkpoint, latest_checkpoint, load_checkpoint, load_model_state
-from .config import TrainConfig, resume_config
+from ..runs.config import TrainConfig, resume_config
 from .data_setup import BatchLoader, DataSplits, build_data, channel_mean_std
 from .distributed import DistInfo
 from .evaluation import build_model
 from .precision import Precision, resolve_precision
 from .run_dir import CHECKPOINT_DIR, ZCA_FILE, check_out_dir, collect_log_records
 from .run_setup import load_transfer_source, make_lr_lambda, param_groups, transfer_init
-from .whitening import as_batch_function, fit_whitening, load_whitening
+from ..runs.preprocess import fit_whitening, load_whitening_state
 
 __all__ = ["RunPlan", "plan_run", "saved_config"]
 
@@ -135,10 +135,10 @@ def _plan(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, o
         config = dataclasses.replace(config, mean=config.mean or mean, std=config.std or std)
     zca = whiten = None
     if config.zca and not fresh:
-        whiten = load_whitening(out_dir / ZCA_FILE, device=precision.device)
+        whiten = load_whitening_state(out_dir / ZCA_FILE).to(precision.device)
     elif config.zca:
         zca = fit_whitening(data.train_images, epsilon=config.zca_epsilon)  # train split only
-        whiten = as_batch_function(zca, precision.device)
+        whiten = zca.to(precision.device)
     source = load_transfer_source(config, model) if fresh else None
     resumed = None if fresh else load_checkpoint(latest)
     if resumed is not None and resumed.epoch > config.epochs:

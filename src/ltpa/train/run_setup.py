@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from .._files import atomic_write_bytes, atomic_write_json
-from .config import TrainConfig
+from ..runs.config import TrainConfig
 from .distributed import DistInfo
 from .precision import Precision, describe_environment
 from .run_dir import CLASSES_FILE, RUN_FORMAT, TENSORBOARD_DIR, ZCA_FILE
-from .whitening import save_whitening
+from ..runs.preprocess import save_whitening
 
 __all__ = ["write_run_files", "load_transfer_source", "transfer_init", "param_groups", "head_only", "wrap", "tensorboard",
            "log_scalars", "make_lr_lambda"]
