@@ -39,7 +39,7 @@ from .precision import Precision, algorithm_settings
 from .run_dir import (CHECKPOINT_DIR, RUN_FILES, TENSORBOARD_DIR, remove_run_files, remove_stale_temporaries,
                       run_logging)
 from .run_plan import RunPlan, plan_run, saved_config
-from .run_setup import head_only, log_scalars, make_lr_lambda, tensorboard, wrap, write_run_files
+from .run_setup import AttentionOverlays, head_only, log_scalars, make_lr_lambda, tensorboard, wrap, write_run_files
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "RunResult", "train_one_epoch", "evaluate", "fit",
            "make_lr_lambda"]
@@ -395,6 +395,8 @@ def _train_locked(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult
         if resume and main:  # drop lines of epochs after the checkpoint (killed between writes)
             atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in records).encode())
         writer = tensorboard(out_dir, config, main, purge_step=start_epoch + 1 if resume else None)
+        overlays = AttentionOverlays(plan.data.val_images, plan.data.val_targets, val_loader.preprocess,
+                                     tuple(plan.data.class_names))
         stop = StopRequest().install()
         try:
             position = plan.position  # a mid-epoch checkpoint's: the first epoch continues there
@@ -439,6 +441,7 @@ def _train_locked(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult
                 if main:
                     append_jsonl(metrics_path, record)
                     log_scalars(writer, record)
+                    overlays.log(writer, model, epoch)  # after validation: the same images every epoch
                     ckpt_metrics = {**{k: v for k, v in record.items() if k not in ("epoch", "step")},
                                     "best_val_acc1": best_acc if has_val else None,
                                     "best_epoch": best_epoch}

@@ -2,6 +2,7 @@
 head warm-up, the DDP / torch.compile wrappers, TensorBoard, and the lr schedule."""
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,9 @@ from .precision import Precision, describe_environment
 from .run_dir import CLASSES_FILE, RUN_FORMAT, TENSORBOARD_DIR, ZCA_FILE
 from ..runs.preprocess import save_whitening
 
-__all__ = ["write_run_files", "load_transfer_source", "transfer_init", "param_groups", "head_only", "wrap", "tensorboard",
+logger = logging.getLogger(__name__)
+
+__all__ = ["AttentionOverlays", "write_run_files", "load_transfer_source", "transfer_init", "param_groups", "head_only", "wrap", "tensorboard",
            "log_scalars", "make_lr_lambda"]
 
 
@@ -116,6 +119,38 @@ def log_scalars(writer, record: dict[str, Any]) -> None:
         if isinstance(value, (int, float)) and math.isfinite(value):
             writer.add_scalar(tag, value, epoch)
     writer.flush()
+
+
+OVERLAY_TAG = "val/attention_mass"
+OVERLAY_IMAGES = 8
+
+
+class AttentionOverlays:
+    """Every epoch, the attention overlays of one fixed validation batch (the same first
+    ``OVERLAY_IMAGES`` validation images each epoch) on the mass scale, as the TensorBoard image
+    ``val/attention_mass`` at step = epoch. Nothing without a writer, without validation images,
+    or for a model without attention maps."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, prepare: Callable,
+                 class_names: tuple[str, ...]) -> None:
+        self.images, self.targets = images[:OVERLAY_IMAGES], targets[:OVERLAY_IMAGES]  # (B, 3, H, W) uint8
+        self.prepare, self.class_names = prepare, class_names
+        self.enabled = len(self.images) > 0
+
+    def log(self, writer, model: nn.Module, epoch: int) -> None:
+        if writer is None or not self.enabled or not getattr(model, "levels", None):
+            return
+        from ltpa.attention.tensorboard import log_attention_overlays
+
+        device = next(model.parameters()).device
+        try:
+            log_attention_overlays(writer, model, self.images.to(device), prepare=self.prepare, step=epoch,
+                                   tag=OVERLAY_TAG, targets=self.targets.to(device),
+                                   class_names=self.class_names or None, mode="mass")
+        except (RuntimeError, ValueError) as err:  # a picture must never stop a run
+            logger.warning("attention overlays for TensorBoard failed (%s); no more are drawn in this run", err)
+            self.enabled = False
+        writer.flush()
 
 
 # ----------------------------------------------------------------------------- schedule
