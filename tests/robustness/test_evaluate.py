@@ -160,6 +160,7 @@ def test_run_robustness_never_touches_files_it_did_not_write(two_checkpoints, tm
 def test_run_robustness_needs_one_data_set_for_all_checkpoints(tmp_path):
     a = save_tiny(tmp_path / "a", data="synthetic").checkpoint
     b = save_tiny(tmp_path / "b", data="synthetic:num_classes=4").checkpoint
-    with pytest.raises(ValueError, match="--data"):
+    with pytest.raises(ValueError, match="pass data=SPEC") as info:
         run_robustness([a, b], tmp_path / "out")
+    assert "pass --data SPEC" in info.value.render(cli=True)  # what `ltpa robustness` prints
     assert not (tmp_path / "out").exists()
