@@ -14,6 +14,10 @@ TINY = {
     "memory": ["--sizes", "32", "--width", "0.0625"],
     "epoch_throughput": ["--width", "0.0625", "--images", "16", "--batch", "8", "--repeats", "1"],
     "gpu": ["--tiny", "--skip", "trainer"],  # the trainer section runs in its own test below
+    "presets_time_to_accuracy": [
+        "--data", "synthetic", "--presets", "cifar100-vgg-att3-cpu", "--seeds", "0", "--epochs", "2", "--set",
+        "num_classes=10", "model_options.width=0.0625", "subset_train=0", "subset_test=0", "num_train=40",
+        "num_test=16", "batch_size=8", "tensorboard=false"],
 }
 SLOW = {"gpu"}
 
@@ -26,7 +30,8 @@ def _load(name):
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(TINY)])
-def test_benchmark_prints_and_records_the_cpu_class_and_precision(name, tmp_path, capsys):
+def test_benchmark_prints_and_records_the_cpu_class_and_precision(name, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a benchmark that trains writes its runs under the working directory
     assert sorted(p.stem for p in BENCHMARKS.glob("*.py")) == sorted(TINY)  # a new benchmark gets a row here
     out = tmp_path / "result.json"
     _load(name).main([*TINY[name], "--json", str(out)])
@@ -74,3 +79,16 @@ def test_gpu_script_runs_every_section_end_to_end_on_a_tiny_setting(tmp_path, ca
         300 * trainer["epoch_seconds"][-1] * 50_000 / trainer["train_images_per_epoch"] / 60)
     assert [row["size"] for row in record["sections"]["memory"]["result"]] == [80, 96]
     assert "projected 300 CIFAR-100 epochs" in capsys.readouterr().out
+
+
+def test_time_to_accuracy_reports_cumulative_wall_time_per_epoch(tmp_path):
+    out = tmp_path / "tta.json"
+    _load("presets_time_to_accuracy").main([*TINY["presets_time_to_accuracy"], "--out", str(tmp_path / "runs"),
+                                           "--json", str(out)])
+    (run,) = json.loads(out.read_text())["runs"]
+    records = [json.loads(line) for line in (tmp_path / "runs" / "cifar100-vgg-att3-cpu-s0" / "metrics.jsonl")
+               .read_text().splitlines()]
+    assert [p["epoch"] for p in run["curve"]] == [1, 2]
+    assert [p["wall_s"] for p in run["curve"]] == pytest.approx([records[0]["seconds"],
+                                                                records[0]["seconds"] + records[1]["seconds"]])
+    assert [p["val_acc1"] for p in run["curve"]] == [r["val_acc1"] for r in records]
