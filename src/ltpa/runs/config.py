@@ -21,6 +21,15 @@ FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 MAX_CPU_THREADS = 1024
 
 
+SECTIONS = ("model", "data", "optimisation", "run")
+
+
+def _in(section: str, default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING):
+    """A config field of ``section`` (one of :data:`SECTIONS`), recorded in its metadata."""
+    assert section in SECTIONS, section
+    return field(default=default, default_factory=factory, metadata={"section": section})
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run; saved as ``config.json`` and in every checkpoint.
@@ -30,71 +39,73 @@ class TrainConfig:
     """
 
     # model
-    model: str = "vgg_att3"
-    model_options: dict[str, Any] = field(default_factory=dict)  # passed to ltpa.create_model
+    model: str = _in("model", "vgg_att3")
+    model_options: dict[str, Any] = _in("model", factory=dict)  # passed to ltpa.create_model
     # data
-    data: str = "synthetic"  # a source known to ltpa.train.data_setup.build_data
-    image_size: int = 32
-    num_classes: int = 10
-    num_train: int = 5000  # before the validation split is carved out of it
-    num_test: int = 1000
-    val_fraction: float = 0.1  # class-stratified, taken from the train split, never the test set
-    data_seed: int = 0
-    mean: tuple[float, ...] | None = None  # per channel, pixel values in [0, 1]; None: train split
-    std: tuple[float, ...] | None = None
-    hflip: bool = True
-    crop_padding: int = 4  # random crop after zero padding by this many pixels; 0 = off
-    zca: bool = False  # ZCA-whiten inputs (fitted on the train split) instead of mean/std
-    zca_epsilon: float = 1e-2  # added to the covariance eigenvalues, in [0, 1] pixel units
-    resize_mode: str = "resize_crop"  # for file-based data: "resize_crop" | "bbox_crop" | "squash"
-    subset_train: int = 0  # > 0: a class-stratified subset of the real train split (CPU runs)
-    subset_test: int = 0  # > 0: the same for the test split
+    data: str = _in("data", "synthetic")  # a source known to ltpa.train.data_setup.build_data
+    image_size: int = _in("model", 32)
+    num_classes: int = _in("model", 10)
+    num_train: int = _in("data", 5000)  # before the validation split is carved out of it
+    num_test: int = _in("data", 1000)
+    val_fraction: float = _in("data", 0.1)  # class-stratified, taken from the train split, never the test set
+    data_seed: int = _in("data", 0)
+    mean: tuple[float, ...] | None = _in("data", None)  # per channel, pixel values in [0, 1]; None: train split
+    std: tuple[float, ...] | None = _in("data", None)
+    hflip: bool = _in("data", True)
+    crop_padding: int = _in("data", 4)  # random crop after zero padding by this many pixels; 0 = off
+    zca: bool = _in("data", False)  # ZCA-whiten inputs (fitted on the train split) instead of mean/std
+    zca_epsilon: float = _in("data", 1e-2)  # added to the covariance eigenvalues, in [0, 1] pixel units
+    resize_mode: str = _in("data", "resize_crop")  # for file-based data: "resize_crop" | "bbox_crop" | "squash"
+    subset_train: int = _in("data", 0)  # > 0: a class-stratified subset of the real train split (CPU runs)
+    subset_test: int = _in("data", 0)  # > 0: the same for the test split
     # optimisation
-    epochs: int = 30
-    batch_size: int = 128
-    drop_last: bool = True  # the official code drops the last partial batch
-    eval_batch_size: int = 256
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    nesterov: bool = False
-    dampening: float = 0.0  # Torch7's optim.sgd defaults it to the momentum (the official code)
-    lr_step_epochs: int = 25  # multiply the lr by lr_gamma every this many epochs; 0 = never
-    lr_milestones: tuple[int, ...] = ()  # if set: multiply at these epochs instead
-    lr_milestone_gammas: tuple[float, ...] = ()  # optional per-milestone factors (else lr_gamma)
-    lr_gamma: float = 0.5
-    warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr, per optimizer step
-    grad_clip_norm: float = 0.0  # 0 = no clipping
-    accumulate_steps: int = 1  # split each batch into this many micro-batches (less memory, same step)
+    epochs: int = _in("optimisation", 30)
+    batch_size: int = _in("optimisation", 128)
+    drop_last: bool = _in("optimisation", True)  # the official code drops the last partial batch
+    eval_batch_size: int = _in("run", 256)
+    lr: float = _in("optimisation", 0.1)
+    momentum: float = _in("optimisation", 0.9)
+    weight_decay: float = _in("optimisation", 5e-4)
+    nesterov: bool = _in("optimisation", False)
+    dampening: float = _in("optimisation", 0.0)  # Torch7's optim.sgd defaults it to the momentum (the official code)
+    lr_step_epochs: int = _in("optimisation", 25)  # multiply the lr by lr_gamma every this many epochs; 0 = never
+    lr_milestones: tuple[int, ...] = _in("optimisation", ())  # if set: multiply at these epochs instead
+    lr_milestone_gammas: tuple[float, ...] = _in("optimisation", ())  # optional per-milestone factors (else lr_gamma)
+    lr_gamma: float = _in("optimisation", 0.5)
+    warmup_epochs: float = _in("optimisation", 0.0)  # linear warm-up from ~0 to lr, per optimizer step
+    grad_clip_norm: float = _in("optimisation", 0.0)  # 0 = no clipping
+    accumulate_steps: int = _in("optimisation", 1)  # split each batch into this many micro-batches (less memory, same step)
     # transfer (ltpa.transfer): start from another run's weights
-    init: str | None = None  # checkpoint (or state dict) to initialise from
-    transfer: tuple[str, ...] = ()  # patterns or a preset name; () = "all-but-head" with init
-    freeze: tuple[str, ...] = ()  # parameter patterns never trained
-    lr_multipliers: dict[str, float] = field(default_factory=dict)  # pattern -> lr factor
-    head_warmup_epochs: int = 0  # train only the classifier head for this many epochs
+    init: str | None = _in("optimisation", None)  # checkpoint (or state dict) to initialise from
+    transfer: tuple[str, ...] = _in("optimisation", ())  # patterns or a preset name; () = "all-but-head" with init
+    freeze: tuple[str, ...] = _in("optimisation", ())  # parameter patterns never trained
+    lr_multipliers: dict[str, float] = _in("optimisation", factory=dict)  # pattern -> lr factor
+    head_warmup_epochs: int = _in("optimisation", 0)  # train only the classifier head for this many epochs
     # reproducibility and speed
-    seed: int = 0
-    deterministic: bool = False  # torch.use_deterministic_algorithms during fit
-    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
-    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16"
-    channels_last: Union[str, bool] = "auto"  # "auto" | True | False
-    limit_train_batches: int = 0  # > 0: stop each epoch after this many batches (dry runs)
-    cpu_threads: int = 0  # > 0: torch.set_num_threads during the run; 0 = torch's default
-    compile: bool = False  # torch.compile the model (checkpoints hold the unwrapped module)
+    seed: int = _in("optimisation", 0)
+    deterministic: bool = _in("run", False)  # torch.use_deterministic_algorithms during fit
+    device: str = _in("run", "auto")  # "auto", "cpu", "cuda", "cuda:1", ...
+    precision: str = _in("run", "auto")  # "auto" | "fp32" | "bf16" | "fp16"
+    channels_last: Union[str, bool] = _in("run", "auto")  # "auto" | True | False
+    limit_train_batches: int = _in("optimisation", 0)  # > 0: stop each epoch after this many batches (dry runs)
+    cpu_threads: int = _in("run", 0)  # > 0: torch.set_num_threads during the run; 0 = torch's default
+    compile: bool = _in("run", False)  # torch.compile the model (checkpoints hold the unwrapped module)
     # monitoring
-    log_every: int = 10  # batches between progress updates and NaN checks
-    divergence_check: bool = True
-    stuck_warmup_epochs: int = 5  # after this many epochs, a loss still at ln(K) stops the run
-    stuck_tolerance: float = 0.01  # |train loss - ln(num_classes)| below this counts as stuck
+    log_every: int = _in("run", 10)  # batches between progress updates and NaN checks
+    divergence_check: bool = _in("run", True)
+    stuck_warmup_epochs: int = _in("run", 5)  # after this many epochs, a loss still at ln(K) stops the run
+    stuck_tolerance: float = _in("run", 0.01)  # |train loss - ln(num_classes)| below this counts as stuck
     # outputs
-    keep_last: int = 2  # epoch checkpoints kept (plus the best one); 0 = keep all
-    checkpoint_every_steps: int = 0  # > 0: also a mid-epoch checkpoint every this many steps
-    tensorboard: bool = True  # TensorBoard event files in RUN/tb (rank 0)
-    test_weights: str = "auto"  # "best" (by val acc), "final", or "auto" = best if val set
+    keep_last: int = _in("run", 2)  # epoch checkpoints kept (plus the best one); 0 = keep all
+    checkpoint_every_steps: int = _in("run", 0)  # > 0: also a mid-epoch checkpoint every this many steps
+    tensorboard: bool = _in("run", True)  # TensorBoard event files in RUN/tb (rank 0)
+    test_weights: str = _in("run", "auto")  # "best" (by val acc), "final", or "auto" = best if val set
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (tuples become lists) that :meth:`from_dict` turns back."""
-        out = {}
+    def to_dict(self, *, grouped: bool = False) -> dict[str, Any]:
+        """A JSON-safe dict (tuples become lists) that :meth:`from_dict` turns back: flat
+        (``{"lr": 0.1, ...}``), or with ``grouped`` one dict per section
+        (``{"model": {...}, "data": {...}, "optimisation": {...}, "run": {...}}``)."""
+        out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, tuple):
@@ -102,11 +113,19 @@ class TrainConfig:
             elif isinstance(value, dict):
                 value = json.loads(json.dumps(value))
             out[f.name] = value
-        return out
+        if not grouped:
+            return out
+        return {section: {k: v for k, v in out.items() if SECTION_OF[k] == section} for section in SECTIONS}
+
+    @staticmethod
+    def section_of(key: str) -> str:
+        """The section of field ``key``: ``"model"``, ``"data"``, ``"optimisation"`` or ``"run"``."""
+        return SECTION_OF[key]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build a config from a dict such as ``json.load(open("config.json"))``.
+        """Build a config from a dict such as ``json.load(open("config.json"))``: flat, or
+        grouped by section (see :meth:`to_dict`); a grouped key must be in its own section.
 
         Raises:
             ValueError: unknown keys (named, with the valid keys listed) or values of the wrong
@@ -114,6 +133,7 @@ class TrainConfig:
         """
         if not isinstance(data, dict):
             raise ValueError(f"a TrainConfig needs a dict, got {type(data).__name__}")
+        data = _flatten_sections(data)
         hints = _field_types()
         unknown = sorted(set(data) - set(hints))
         if unknown:
@@ -251,48 +271,28 @@ class TrainConfig:
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
-    """Return a copy of ``config`` with ``"key=value"`` strings applied, each parsed by type.
+    """``key=value`` overrides (the CLI's ``--set``); see :func:`ltpa.runs.overrides.apply_overrides`."""
+    from .overrides import apply_overrides as apply
 
-    Values are parsed against the field's annotation: ``int``, ``float`` (``1e-3``, ``inf`` is
-    rejected), ``bool`` (``true/false/1/0/yes/no``), ``str``, tuples (``60,120,160`` or JSON
-    ``[60, 120]``), ``None`` for optional fields (``none``/``null``), dicts as JSON. A nested key
-    sets one entry of a dict field, its value parsed as JSON when it is valid JSON, else kept as
-    a string: ``model_options.width=0.25``, ``model_options.compat=dp``.
+    return apply(config, overrides)
 
-    Raises:
-        ValueError: the key, the value, the expected type and the valid keys; an unknown key
-            suggests the closest one.
-    """
-    hints = _field_types()
-    values = config.to_dict()
-    for item in overrides:
-        if not isinstance(item, str) or "=" not in item:
-            raise ValueError(
-                f"override {item!r} is not of the form key=value, e.g. lr=0.05 or "
-                f"model_options.width=0.5"
-            )
-        key, raw = item.split("=", 1)
-        key, raw = key.strip(), raw.strip()
-        top, _, sub = key.partition(".")
-        if top not in hints:
-            close = difflib.get_close_matches(top, hints, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(
-                f"unknown config key {top!r} in override {item!r}.{hint} "
-                f"Valid keys: {', '.join(hints)}."
-            )
-        if sub:
-            if hints[top] is not dict and typing.get_origin(hints[top]) is not dict:
-                raise ValueError(
-                    f"override {item!r}: {top!r} is a {_type_name(hints[top])}, not a dict, so "
-                    f"it has no sub-key {sub!r}; write {top}=<value>"
-                )
-            nested = dict(values[top])
-            nested[sub] = _parse_json_or_str(raw)
-            values[top] = nested
+
+def _flatten_sections(data: dict[str, Any]) -> dict[str, Any]:
+    """The grouped form (``{"model": {...}, ...}``) as flat keys; a flat dict is returned as is.
+    The field ``model`` (a name) and the section ``model`` (a dict) are told apart by type."""
+    if not any(k in SECTIONS and isinstance(v, dict) for k, v in data.items()):
+        return data
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for sub, item in value.items():
+                if sub in SECTION_OF and SECTION_OF[sub] != key:
+                    raise ValueError(f"config key {sub!r} belongs to section {SECTION_OF[sub]!r}, "
+                                     f"not {key!r}; move it there")
+                flat[sub] = item
         else:
-            values[top] = _parse(top, raw, hints[top])
-    return TrainConfig.from_dict(values)
+            flat[key] = value
+    return flat
 
 
 # ----------------------------------------------------------------------------- type plumbing
@@ -313,103 +313,6 @@ def _type_name(tp: Any) -> str:
 
 def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (Union, types.UnionType)
-
-
-def _parse_json_or_str(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        return raw
-
-
-def _no_constant(name: str) -> Any:
-    """``parse_constant`` for json.loads: config.json is strict JSON, so no NaN or Infinity."""
-    raise ValueError(f"{name} is not a finite number")
-
-
-def _parse(key: str, raw: str, tp: Any) -> Any:
-    """Parse the command-line string ``raw`` for field ``key`` of type ``tp``."""
-    def fail(detail: str = "") -> ValueError:
-        return ValueError(
-            f"cannot set {key}={raw!r}: expected {_type_name(tp)}{detail}. "
-            f"Example: --set {key}={_example(tp)}"
-        )
-
-    if _is_union(tp):
-        options = typing.get_args(tp)
-        if type(None) in options and raw.lower() in ("none", "null"):
-            return None
-        # bool before str so that "true" in Union[str, bool] means True
-        ordered = sorted(options, key=lambda t: (t is str, t is type(None)))
-        for option in ordered:
-            if option is type(None):
-                continue
-            try:
-                return _parse(key, raw, option)
-            except ValueError:
-                continue
-        raise fail()
-    origin = typing.get_origin(tp)
-    if tp is bool:
-        lowered = raw.lower()
-        if lowered in ("true", "1", "yes", "on"):
-            return True
-        if lowered in ("false", "0", "no", "off"):
-            return False
-        raise fail(" (true/false)")
-    if tp is int:
-        try:
-            return int(raw)
-        except ValueError:
-            raise fail() from None
-    if tp is float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise fail() from None
-        if not math.isfinite(value):
-            raise fail(" (a finite number)")
-        return value
-    if tp is str:
-        return raw
-    if tp is dict or origin is dict:
-        try:
-            value = json.loads(raw, parse_constant=_no_constant)
-        except json.JSONDecodeError as err:
-            raise fail(f" as a JSON object ({err.msg})") from None
-        except ValueError as err:
-            raise fail(f" as a JSON object ({err})") from None
-        if not isinstance(value, dict):
-            raise fail(" as a JSON object")
-        return value
-    if origin is tuple:
-        (item_tp, *_) = typing.get_args(tp) or (str,)
-        text = raw.strip()
-        if text in ("", "()", "[]"):
-            return ()
-        if text.startswith("["):
-            try:
-                items = json.loads(text, parse_constant=_no_constant)
-            except json.JSONDecodeError as err:
-                raise fail(f" as a JSON list ({err.msg})") from None
-            except ValueError as err:
-                raise fail(f" as a JSON list ({err})") from None
-            if not isinstance(items, list):
-                raise fail(" as a JSON list")
-            return tuple(_coerce(key, v, item_tp) for v in items)
-        return tuple(_parse(key, part.strip(), item_tp) for part in text.strip("()").split(","))
-    raise fail()
-
-
-def _example(tp: Any) -> str:
-    examples = {int: "3", float: "0.05", bool: "true", str: "name", dict: '\'{"width": 0.5}\''}
-    if _is_union(tp):
-        return _example(next(t for t in typing.get_args(tp) if t is not type(None)))
-    if typing.get_origin(tp) is tuple:
-        return "60,120,160" if typing.get_args(tp)[0] is int else "0.5,0.5,0.5"
-    if typing.get_origin(tp) is dict:
-        return examples[dict]
-    return examples.get(tp, "...")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -459,12 +362,11 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise fail()
 
 
-# Settings that may differ when a run is resumed: they change neither the model, the data nor
-# the optimisation path of the epochs already trained.
-RESUMABLE_CHANGES = ("epochs", "device", "precision", "channels_last", "log_every", "keep_last",
-                     "divergence_check", "stuck_warmup_epochs", "stuck_tolerance", "test_weights",
-                     "eval_batch_size", "deterministic", "cpu_threads", "compile", "tensorboard",
-                     "checkpoint_every_steps")
+SECTION_OF = {f.name: f.metadata["section"] for f in dataclasses.fields(TrainConfig)}
+# Settings that may differ when a run is resumed: the "run" section (how it runs, not what it
+# computes) and epochs, which may only grow. They change neither the model, the data nor the
+# optimisation path of the epochs already trained.
+RESUMABLE_CHANGES = ("epochs", *(name for name, section in SECTION_OF.items() if section == "run"))
 
 
 def resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
@@ -483,7 +385,8 @@ def resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
     if differences:
         raise ValueError(
             "cannot resume with a different config (" + "; ".join(differences)
-            + f"). Only {', '.join(RESUMABLE_CHANGES)} may change on resume. Use the run's own "
+            + f"). Only epochs (up) and the run section ({', '.join(RESUMABLE_CHANGES[1:])}) may "
+            f"change on resume; the model, data and optimisation sections are the run's. Use the run's own "
             "config (TrainConfig.from_dict of its config.json) or start a new run."
         )
     return dataclasses.replace(saved, **{k: getattr(given, k) for k in RESUMABLE_CHANGES})
