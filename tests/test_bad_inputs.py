@@ -23,6 +23,7 @@ from torch import nn
 import ltpa._files
 import ltpa.models
 import ltpa.train.loop
+import ltpa.train.state
 from ltpa.cli import main
 from ltpa.models.output import AttentionOutput
 from ltpa.train.config import TrainConfig
@@ -260,13 +261,13 @@ class _FullDisk:
 def test_a_full_disk_names_the_file_and_how_to_resume(tmp_path, monkeypatch, capsys):
     disk = _FullDisk()
     monkeypatch.setattr(ltpa._files, "os", disk)
-    real_append = ltpa.train.loop.append_jsonl
+    real_append = ltpa.train.state.append_jsonl  # the train state appends metrics.jsonl
 
     def append_then_fill(path, record):  # the disk fills up during epoch 2's writes
         real_append(path, record)
         disk.full = record["epoch"] == 2
 
-    monkeypatch.setattr(ltpa.train.loop, "append_jsonl", append_then_fill)
+    monkeypatch.setattr(ltpa.train.state, "append_jsonl", append_then_fill)
     out = tmp_path / "run"
     assert main(["-q", "train", "--out", str(out), *TINY, "--epochs", "3"]) == 2
     err = capsys.readouterr().err.strip()

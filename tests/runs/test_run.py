@@ -83,7 +83,7 @@ def test_unreadable_run_files_are_named(run, tmp_path):
     (copy / "classes.json").write_text("[not json")
     with pytest.raises(ValueError, match=r"classes\.json is not valid JSON"):
         load_trained(copy)
-    with pytest.raises(CheckpointError, match="neither an ltpa run folder"):
+    with pytest.raises(CheckpointError, match="is a directory without ltpa checkpoints: neither a run folder"):
         Run.open(tmp_path)
 
 

@@ -59,8 +59,9 @@ class Run:
             store = CheckpointStore(folder / CHECKPOINT_DIR if folder else path)
             checkpoint = store.latest()
             if checkpoint is None and folder is None:
-                raise CheckpointError(f"{path} is neither an ltpa run folder (no config.json) nor a folder of "
-                                      f"ltpa checkpoints; pass a run folder or a checkpoint's .json file")
+                raise CheckpointError(f"{path} is a directory without ltpa checkpoints: neither a run folder (no "
+                                      f"config.json) nor a folder of epoch_NNNN.json checkpoints; pass a run "
+                                      f"folder or a checkpoint's .json file")
             if checkpoint is None:
                 return cls(folder, _read_config(folder / "config.json"), None)
         else:

@@ -13,11 +13,10 @@ import json
 import logging
 import math
 import os
-import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,21 +24,21 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .._files import atomic_write_bytes, atomic_write_json
+from .._files import atomic_write_json
 from ..runs.checkpoints import CheckpointStore, latest_checkpoint, load_checkpoint, load_model_state
-from ..runs.ownership import claim_run, record_files
 from ..runs.config import TrainConfig
-from .data_setup import DROPOUT_STREAM, BatchLoader, derive_seed
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, distributed, read_dist_env
+from ..runs.ownership import claim_run, record_files
+from .data_setup import BatchLoader
+from .distributed import DistInfo, all_reduce_sum, barrier, distributed, read_dist_env
 from .evaluation import classification_report, evaluate, predict, write_report
-from .interrupt import StopRequest, TrainingInterrupted
-from .meters import append_jsonl, topk_correct
-from .plots import plot_curves
+from .interrupt import TrainingInterrupted
+from .meters import topk_correct
 from .precision import Precision, algorithm_settings
 from .run_dir import (CHECKPOINT_DIR, RUN_FILES, TENSORBOARD_DIR, remove_run_files, remove_stale_temporaries,
                       run_logging)
 from .run_plan import RunPlan, plan_run, saved_config
-from .run_setup import AttentionOverlays, head_only, log_scalars, make_lr_lambda, tensorboard, wrap, write_run_files
+from .run_setup import make_lr_lambda, write_run_files
+from .state import TrainState
 
 __all__ = ["TrainingDiverged", "TrainingInterrupted", "RunResult", "train_one_epoch", "evaluate", "fit",
            "make_lr_lambda"]
@@ -344,158 +343,65 @@ def _run_files(out_dir: Path) -> list[str]:
 
 
 def _train_locked(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
-    config, out_dir, precision, model = plan.config, plan.out_dir, plan.precision, plan.model
-    resume, main = plan.action == "resume", dist.is_main
-    stale: list[Path] = []
-    if main:
-        if plan.action == "overwrite":
-            remove_run_files(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stale = remove_stale_temporaries(out_dir) if resume else []
+    """Make the folder ready, then: build the train state, loop over the epochs, test."""
+    config, main = plan.config, dist.is_main
+    stale = _prepare_folder(plan) if main else []
     barrier(dist)
-    store = CheckpointStore(out_dir / CHECKPOINT_DIR)
-    log_to_file = run_logging(out_dir, plan.log_records) if main else contextlib.nullcontext()
-    say = logger.info if main else _quiet
-    with log_to_file, algorithm_settings(config.deterministic, precision.device, config.cpu_threads):
-        say("%s run in %s (%s, %d process(es))", "resuming" if resume else "starting", out_dir,
-            precision.describe(), dist.world_size)
-        if main and stale:
-            logger.warning("removed %d temporary file(s) left by an interrupted write: %s",
-                           len(stale), ", ".join(p.name for p in stale))
-        if main and resume:
-            for repaired in store.repair(plan.records):
-                logger.warning("checkpoints: %s", repaired)
-        if plan.action == "overwrite":
-            say("overwrite=True: removed the previous run's files in %s", out_dir)
-        elif plan.action == "beside" and main:
-            logger.warning("writing the run into non-empty folder %s; its other files are left "
-                           "as they are", out_dir)
-        say("data: %s", plan.data.describe())
-        say("config: %s", json.dumps(config.to_dict(), sort_keys=True))
-        if main:
-            write_run_files(out_dir, config, precision, dist, zca=plan.zca,
-                            class_names=tuple(plan.data.class_names),
-                            previous_environment=plan.previous_environment,
-                            transfer_report=plan.transfer_report)
-        say("model %s: %.3f M parameters", config.model,
-            sum(p.numel() for p in model.parameters()) / 1e6)
-        if plan.transfer_report is not None:
-            say("initialised from %s:\n%s", config.init, plan.transfer_report.format())
-        if plan.resumed is not None:
-            say("resumed from %s: epoch %d, step %d", plan.resumed.path, plan.start_epoch, plan.step)
-
-        train_loader, val_loader, test_loader = plan.train_loader, plan.val_loader, plan.test_loader
-        optimizer, scheduler, scaler = plan.optimizer, plan.scheduler, plan.scaler
-        has_val = len(plan.data.val_targets) > 0
-        start_epoch, step = plan.start_epoch, plan.step
-        best_acc, best_epoch = plan.best_acc, plan.best_epoch
-        train_model, eval_model = wrap(model, config, dist)
-        metrics_path = out_dir / "metrics.jsonl"
-        records = list(plan.records)
-        if resume and main:  # drop lines of epochs after the checkpoint (killed between writes)
-            atomic_write_bytes(metrics_path, "".join(json.dumps(r) + "\n" for r in records).encode())
-        writer = tensorboard(out_dir, config, main, purge_step=start_epoch + 1 if resume else None)
-        overlays = AttentionOverlays(plan.data.val_images, plan.data.val_targets, val_loader.preprocess,
-                                     tuple(plan.data.class_names))
-        stop = StopRequest().install()
+    log_to_file = run_logging(plan.out_dir, plan.log_records) if main else contextlib.nullcontext()
+    with log_to_file, algorithm_settings(config.deterministic, plan.precision.device, config.cpu_threads):
+        _begin(plan, dist, stale)
+        state = TrainState(plan, dist, progress=progress, train_one_epoch=train_one_epoch, evaluate=evaluate)
         try:
-            position = plan.position  # a mid-epoch checkpoint's: the first epoch continues there
-            for epoch in range(start_epoch + 1, config.epochs + 1):
-                if position is None:
-                    torch.manual_seed(derive_seed(config.seed, epoch, DROPOUT_STREAM + dist.rank))
-                    train_loader.set_epoch(epoch)
-                    lr = optimizer.param_groups[0]["lr"]  # at the epoch's first step
-                else:  # the RNG states came back with the checkpoint
-                    train_loader.set_epoch(epoch, start_batch=int(position["batch"]),
-                                           generator_state=position.get("generator"))
-                    lr = position["lr"]
-                head_only(model, plan.trainable, epoch <= config.head_warmup_epochs)
-                saver = _StepCheckpoints(plan, store, stop, epoch=epoch, step=step, lr=lr,
-                                         best=(best_acc if has_val else None, best_epoch), dist=dist)
-                train = train_one_epoch(train_model, train_loader, optimizer, scheduler, scaler,
-                                        precision, epoch=epoch, grad_clip_norm=config.grad_clip_norm,
-                                        log_every=config.log_every, progress=progress,
-                                        config=config, dist=dist, position=position, after_step=saver)
-                position = None
-                if train["stopped"]:
-                    say("stopped by %s in epoch %d after step %d: saved %s; resume to continue",
-                        signal.Signals(stop.signum).name, epoch, step + train["steps"],
-                        saver.last.name if saver.last else "nothing")
-                    raise TrainingInterrupted(stop.signum, saver.last, out_dir)
-                step += train["steps"]
-                broadcast_buffers(model, dist)  # every rank evaluates rank 0's BN statistics
-                val = (evaluate(eval_model, val_loader, precision, num_classes=config.num_classes,
-                                dist=dist) if has_val else {})
-                record = {"epoch": epoch, "step": step, "lr": lr,
-                          "train_loss": train["loss"], "train_acc1": train["acc1"],
-                          **{f"val_{k}": v for k, v in val.items() if k != "samples"},
-                          "images_per_s": train["images_per_s"], "seconds": train["seconds"]}
-                records.append(record)
-                say("epoch %d/%d  lr %.4g  train loss %.4f acc %.2f%%  %s %.0f img/s  %.1f s",
-                    epoch, config.epochs, lr, train["loss"], train["acc1"],
-                    f"val loss {val['loss']:.4f} acc {val['acc1']:.2f}%" if val else "(no val)",
-                    train["images_per_s"], train["seconds"])
-                is_best = has_val and val["acc1"] > best_acc
-                if is_best:
-                    best_acc, best_epoch = val["acc1"], epoch
-                if main:
-                    append_jsonl(metrics_path, record)
-                    log_scalars(writer, record)
-                    overlays.log(writer, model, epoch)  # after validation: the same images every epoch
-                    ckpt_metrics = {**{k: v for k, v in record.items() if k not in ("epoch", "step")},
-                                    "best_val_acc1": best_acc if has_val else None,
-                                    "best_epoch": best_epoch}
-                    # one commit: the epoch's pair, then the record naming latest and best
-                    store.save(f"epoch_{epoch:04d}", best_metric=val["acc1"] if has_val else None,
-                               keep_last=config.keep_last, model=model, optimizer=optimizer,
-                               scheduler=scheduler, scaler=scaler, config=config.to_dict(),
-                               epoch=epoch, step=step, metrics=ckpt_metrics)
-                    plot_curves(records, out_dir / "curves.png",
-                                title=f"{config.model} on {config.data}")
+            for epoch in range(plan.start_epoch + 1, config.epochs + 1):
+                train = state.train_epoch(epoch)
+                val = state.validate()
+                state.end_epoch(epoch, train, val)
                 _check_stuck(config, epoch, train["loss"])
-            stop.uninstall()
+            state.stop.uninstall()  # a signal during the final test stops it the usual way
             barrier(dist)  # the checkpoints rank 0 wrote are complete
-            return _final_test(config, out_dir, model, eval_model, test_loader, precision,
-                               records, plan.data.class_names, dist, has_val=has_val,
-                               best_epoch=best_epoch)
+            return _final_test(config, plan.out_dir, plan.model, state.eval_model, plan.test_loader,
+                               plan.precision, state.records, plan.data.class_names, dist,
+                               has_val=state.has_val, best_epoch=state.best_epoch)
         finally:
-            stop.uninstall()
-            if writer is not None:
-                writer.close()
+            state.close()
 
 
-class _StepCheckpoints:
-    """``after_step`` of :func:`train_one_epoch`: a mid-epoch checkpoint every
-    ``checkpoint_every_steps`` steps and when a stop was requested (then it says stop)."""
+def _prepare_folder(plan: RunPlan) -> list[Path]:
+    """Rank 0, once every check passed: remove a replaced run's files, create the folder, and
+    on resume remove temporaries an interrupted write left. Returns those temporaries."""
+    if plan.action == "overwrite":
+        remove_run_files(plan.out_dir)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    return remove_stale_temporaries(plan.out_dir) if plan.action == "resume" else []
 
-    def __init__(self, plan: RunPlan, store: CheckpointStore, stop: StopRequest, *, epoch: int,
-                 step: int, lr: float, best: tuple[float | None, int], dist: DistInfo) -> None:
-        self.plan, self.store, self.stop, self.dist = plan, store, stop, dist
-        self.epoch, self.step, self.lr, self.best = epoch, step, lr, best
-        self.last: Path | None = None
 
-    def __call__(self, position: dict[str, Any]) -> bool:
-        stop = self.stop.signum is not None
-        if self.dist.enabled:  # every rank stops after the same step
-            flag = torch.tensor([float(stop)], dtype=torch.float64, device=self.plan.precision.device)
-            stop = all_reduce_sum(flag, self.dist).item() > 0
-        every = self.plan.config.checkpoint_every_steps
-        step = self.step + position["steps"]
-        due = every > 0 and step % every == 0 and position["batch"] < len(self.plan.train_loader)
-        if not (stop or due):
-            return False
-        if self.dist.is_main:
-            plan = self.plan
-            self.last = self.store.save(
-                f"step_{step:08d}", keep_last=plan.config.keep_last, model=plan.model,
-                optimizer=plan.optimizer, scheduler=plan.scheduler, scaler=plan.scaler,
-                config=plan.config.to_dict(), epoch=self.epoch - 1, step=step,
-                metrics={"best_val_acc1": self.best[0], "best_epoch": self.best[1]},
-                position={**position, "epoch": self.epoch, "lr": self.lr,
-                          "generator": plan.train_loader.generator_state()})
-            logger.info("saved mid-epoch checkpoint %s (epoch %d, batch %d of %d)", self.last.stem,
-                        self.epoch, position["batch"], len(plan.train_loader))
-        return stop
+def _begin(plan: RunPlan, dist: DistInfo, stale: list[Path]) -> None:
+    """Log what the run is, repair the checkpoints of a resumed run, write the run's records."""
+    config, out_dir, main = plan.config, plan.out_dir, dist.is_main
+    say = logger.info if main else _quiet
+    say("%s run in %s (%s, %d process(es))", "resuming" if plan.action == "resume" else "starting",
+        out_dir, plan.precision.describe(), dist.world_size)
+    if main and stale:
+        logger.warning("removed %d temporary file(s) left by an interrupted write: %s",
+                       len(stale), ", ".join(p.name for p in stale))
+    if main and plan.action == "resume":
+        for repaired in CheckpointStore(out_dir / CHECKPOINT_DIR).repair(plan.records):
+            logger.warning("checkpoints: %s", repaired)
+    if plan.action == "overwrite":
+        say("overwrite=True: removed the previous run's files in %s", out_dir)
+    elif plan.action == "beside" and main:
+        logger.warning("writing the run into non-empty folder %s; its other files are left as they are", out_dir)
+    say("data: %s", plan.data.describe())
+    say("config: %s", json.dumps(config.to_dict(), sort_keys=True))
+    if main:
+        write_run_files(out_dir, config, plan.precision, dist, zca=plan.zca,
+                        class_names=tuple(plan.data.class_names),
+                        previous_environment=plan.previous_environment, transfer_report=plan.transfer_report)
+    say("model %s: %.3f M parameters", config.model, sum(p.numel() for p in plan.model.parameters()) / 1e6)
+    if plan.transfer_report is not None:
+        say("initialised from %s:\n%s", config.init, plan.transfer_report.format())
+    if plan.resumed is not None:
+        say("resumed from %s: epoch %d, step %d", plan.resumed.path, plan.start_epoch, plan.step)
 
 
 # A write that failed for lack of space: the run can continue once there is room again.
