@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 from .._files import atomic_write_bytes, atomic_write_json
 from ..errors import Option, UserError
 
-__all__ = ["MANIFEST_FILE", "LOCK_FILE", "Manifest", "OutputFolder", "FolderBusy", "FolderLock",
+__all__ = ["MANIFEST_FILE", "LOCK_FILE", "INTERNAL_FILES", "Manifest", "OutputFolder", "FolderBusy", "FolderLock",
            "lock_folder", "claim_run", "read_manifest", "write_manifest", "is_training_run",
            "check_output_file", "record_files", "json_report_recogniser", "marker_recogniser"]
 
@@ -48,6 +48,7 @@ LOCK_FILE = ".ltpa.lock"
 HOLDER_FILE = ".ltpa-lock.json"  # who holds the lock (pid, host, command, since); removed on release
 FORMAT = "ltpa-manifest/1"
 _INTERNAL = frozenset({MANIFEST_FILE, LOCK_FILE, HOLDER_FILE})
+INTERNAL_FILES = _INTERNAL  # ltpa's own bookkeeping in a folder: leave these names out of listings shown to users
 
 
 @dataclass(frozen=True)
