@@ -28,16 +28,16 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from ..runs.preprocess import ZCA_FILE
+from ..runs.run import CHECKPOINT_DIR, CLASSES_FILE
+
 
 __all__ = ["RUN_FORMAT", "CHECKPOINT_DIR", "TENSORBOARD_DIR", "RUN_FILES", "ZCA_FILE", "is_run",
            "remove_run_files", "remove_stale_temporaries", "check_out_dir", "run_logging",
            "collect_log_records"]
 
 RUN_FORMAT = "ltpa-run"
-CHECKPOINT_DIR = "checkpoints"
 TENSORBOARD_DIR = "tb"
-ZCA_FILE = "zca.safetensors"
-CLASSES_FILE = "classes.json"
 # The demo's own outputs count as run files too, so --overwrite replaces them.
 DEMO_FILES = ("attention_overlays.png", "localisation.json", "summary.txt", "report.html")
 RUN_FILES = ("config.json", "environment.json", "train.log", "metrics.jsonl", "curves.png",
