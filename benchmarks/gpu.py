@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,11 +34,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_throughput as tt  # noqa: E402  (benchmarks/ is not a package)
+import train_throughput as tt  # benchmarks/ is not a package
 
-from ltpa.train import fit  # noqa: E402
-from ltpa.train.precision import describe_environment, resolve_precision  # noqa: E402
-from ltpa.train.presets import get_preset  # noqa: E402
+from ltpa.train import fit
+from ltpa.train.precision import describe_environment, resolve_precision
+from ltpa.train.presets import get_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_EPOCH = 50_000
