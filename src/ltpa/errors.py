@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["UserError", "MissingFileError", "Remedy", "Setting", "Option", "render_error"]
+__all__ = ["UserError", "MissingFileError", "Remedy", "Setting", "Option", "Phrase", "render_error"]
 
 
 class Remedy:
@@ -75,6 +75,21 @@ class Option(Remedy):
         if self.value is False:  # a switch to leave out
             return f"drop {flag}"
         return f"pass {flag} {_text(self.value, True)}"
+
+
+@dataclass(frozen=True)
+class Phrase(Remedy):
+    """A fix worded once for each audience, when no single argument maps onto one flag
+    (``hold_out(evaluation, 50)`` in the library is ``--calibrate 50`` on the command line)."""
+
+    library_text: str
+    cli_text: str
+
+    def library(self) -> str:
+        return self.library_text
+
+    def cli(self) -> str:
+        return self.cli_text
 
 
 def _text(value: Any, cli: bool) -> str:

@@ -118,3 +118,11 @@ def test_sanity_refuses_a_single_image_with_recomputed_statistics(checkpoint, tm
     err = capsys.readouterr().err
     assert "at least 2 images" in err and len(err.strip().splitlines()) == 1 and not out.exists()
 
+
+
+def test_calibration_errors_name_library_arguments_in_the_library(checkpoint):
+    """The library speaks in its own terms (hold_out(evaluation, 50)); only the CLI says --calibrate."""
+    config = load_trained(checkpoint).config
+    with pytest.raises(ValueError) as caught:
+        load_validation_set(config, "synthetic,num_classes=5")
+    assert "hold_out(evaluation, 50)" in str(caught.value) and "--" not in str(caught.value)

@@ -14,6 +14,10 @@ import torch
 from torch import Tensor
 
 from ..data.materialise import BBOX_MARGIN, MODES, prepare_split
+from ..errors import Phrase, UserError
+
+# The fix when no validation images exist: score part of the evaluation set, calibrate on the rest.
+_HOLD_OUT = Phrase("hold_out(evaluation, 50)", "--calibrate 50")
 
 __all__ = ["EvaluationSet", "hold_out", "load_evaluation_set", "load_validation_set"]
 
@@ -88,8 +92,8 @@ def load_evaluation_set(spec: str, *, image_size: int, limit: int | None = None,
         raise ValueError(f"limit must be a whole number >= 1 (images to use), got {limit!r}")
     if spec.startswith("masks:"):
         if indices is not None:
-            raise ValueError(f"{spec!r} is a folder of images with masks, without a training split to take "
-                             "validation images from; hold out part of it instead (e.g. --calibrate 50)")
+            raise UserError(f"{spec!r} is a folder of images with masks, without a training split to take "
+                            "validation images from; hold out part of it instead (e.g. ", _HOLD_OUT, ")")
         from ..data.masks import load_mask_folder
         from ..data.sources import check_options, parse_data_spec
 
@@ -151,11 +155,11 @@ def load_validation_set(config, spec: str | None = None, *, limit: int | None = 
 
     spec = spec or config.data
     if spec != config.data:
-        raise ValueError(f"validation images exist for the run's own data ({config.data!r}), not for {spec!r}; "
-                         f"hold out part of the evaluation set instead (e.g. --calibrate 50)")
+        raise UserError(f"validation images exist for the run's own data ({config.data!r}), not for {spec!r}; "
+                        "hold out part of the evaluation set instead (e.g. ", _HOLD_OUT, ")")
     if config.val_fraction <= 0:
-        raise ValueError("this run has no validation split (val_fraction=0); hold out part of the evaluation "
-                         "set instead (e.g. --calibrate 50)")
+        raise UserError("this run has no validation split (val_fraction=0); hold out part of the evaluation "
+                        "set instead (e.g. ", _HOLD_OUT, ")")
     defaults = {"num_classes": config.num_classes, "seed": config.data_seed, "num_test": config.num_test,
                 "num_train": config.num_train}
     options = dict(image_size=config.image_size, synthetic_defaults=defaults, resize_mode=config.resize_mode)
@@ -189,8 +193,9 @@ def hold_out(evaluation: EvaluationSet, count: int) -> tuple[EvaluationSet, Eval
     """
     total = len(evaluation.images)
     if isinstance(count, bool) or not isinstance(count, int) or not 0 < count < total:
-        raise ValueError(f"--calibrate {count!r} must hold out between 1 and {total - 1} of the {total} evaluation "
-                         f"images (the rest are scored); raise --limit or hold out fewer")
+        raise UserError(f"the calibration count {count!r} must hold out between 1 and {total - 1} of the {total} "
+                        "evaluation images (the rest are scored); ",
+                        Phrase("load more images (limit)", "raise --limit"), " or hold out fewer")
     if evaluation.groups is None:
         order = torch.arange(total)
     else:  # rank of each image within its class, then class: round-robin over the classes

@@ -360,14 +360,14 @@ def class_targets(target: str | int, labels: Tensor | None, count: int, num_clas
             unknown choice.
     """
     if num_classes is not None and isinstance(target, int) and not isinstance(target, bool) and target >= num_classes:
-        raise ValueError(f"--target {target} is not a class of this model (0 to {num_classes - 1}); give a class "
-                         f"index below {num_classes}, label or prediction")
+        raise ValueError(f"target {target} is not a class of this model (0 to {num_classes - 1}); give a class "
+                         f"index below {num_classes}, 'label' or 'prediction'")
     if target == "prediction":
         return None
     if target == "label":
         if labels is None:
-            raise ValueError("--target label needs the images' true classes, which this data set does not have; "
-                             "use --target prediction or a class index")
+            raise ValueError("target 'label' needs the images' true classes, which this data set does not have; "
+                             "use 'prediction' or a class index")
         return torch.as_tensor(labels, dtype=torch.int64)
     if isinstance(target, int) and not isinstance(target, bool) and target >= 0:
         return torch.full((count,), target, dtype=torch.int64)
