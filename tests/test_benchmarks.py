@@ -13,6 +13,7 @@ TINY = {
     "train_throughput": ["--width", "0.0625", "--batch", "2", "--steps", "1", "--warmup", "0"],
     "memory": ["--sizes", "32", "--width", "0.0625"],
     "epoch_throughput": ["--width", "0.0625", "--images", "16", "--batch", "8", "--repeats", "1"],
+    "localise_speed": ["--images", "8", "--faithfulness-images", "4", "--width", "0.0625", "--batch", "4"],
     "gpu": ["--tiny", "--skip", "trainer"],  # the trainer section runs in its own test below
     "presets_time_to_accuracy": [
         "--data", "synthetic", "--presets", "cifar100-vgg-att3-cpu", "--seeds", "0", "--epochs", "2", "--set",

@@ -36,7 +36,7 @@ def _neighbours(values: Tensor) -> Tensor:
 
 
 def noisy_linear_imputation(images: Tensor, keep: Tensor, *, noise: float = 0.01,
-                            generator: torch.Generator | None = None, tolerance: float = 1e-6,
+                            generator: torch.Generator | None = None, tolerance: float = 1e-4,
                             max_iterations: int | None = None) -> Tensor:
     """Impute the pixels where ``keep`` is False from the kept ones.
 
@@ -47,7 +47,7 @@ def noisy_linear_imputation(images: Tensor, keep: Tensor, *, noise: float = 0.01
         noise: std of the Gaussian noise added to imputed pixels (0 for the plain interpolation).
         generator: draws the noise (default: the global RNG).
         tolerance: stop when every problem's residual norm is below ``tolerance`` times its
-            right-hand side's norm.
+            right-hand side's norm (the default leaves an error far below the 0.01 noise).
         max_iterations: conjugate-gradient cap (default ``8 * (H + W)``, ample for these systems).
 
     Returns:
