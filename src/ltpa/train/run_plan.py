@@ -23,13 +23,13 @@ from torch import nn
 
 from ..runs.checkpoints import Checkpoint, latest_checkpoint, load_checkpoint, load_model_state
 from ..runs.config import TrainConfig, resume_config
+from ..runs.preprocess import fit_whitening, load_whitening_state
 from .data_setup import BatchLoader, DataSplits, build_data, channel_mean_std
 from .distributed import DistInfo
 from .evaluation import build_model
 from .precision import Precision, resolve_precision
 from .run_dir import CHECKPOINT_DIR, ZCA_FILE, check_out_dir, collect_log_records
 from .run_setup import load_transfer_source, make_lr_lambda, param_groups, transfer_init
-from ..runs.preprocess import fit_whitening, load_whitening_state
 
 __all__ = ["RunPlan", "plan_run", "saved_config"]
 
@@ -150,18 +150,7 @@ def _plan(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, o
     groups = param_groups(model, config)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
 
-    common = dict(mean=config.mean, std=config.std, device=precision.device,
-                  memory_format=precision.memory_format, whiten=whiten,
-                  rank=dist.rank, world_size=dist.world_size)
-    train_loader = BatchLoader(
-        data.train_images, data.train_targets, batch_size=config.batch_size // dist.world_size,
-        shuffle=True, drop_last=config.drop_last, augment=True, hflip=config.hflip,
-        crop_padding=config.crop_padding, seed=config.seed,
-        limit_batches=config.limit_train_batches, name="train", **common)
-    val_loader = BatchLoader(data.val_images, data.val_targets, batch_size=config.eval_batch_size,
-                             name="val", **common)
-    test_loader = BatchLoader(data.test_images, data.test_targets,
-                              batch_size=config.eval_batch_size, name="test", **common)
+    train_loader, val_loader, test_loader = _loaders(config, data, precision, whiten, dist)
     _check_micro_batches(config, model, train_loader, dist)
 
     optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, dampening=config.dampening,
@@ -174,20 +163,44 @@ def _plan(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, o
                    test_loader=test_loader, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                    previous_environment=previous_environment)
     if resumed is not None:
-        load_model_state(model, resumed)
-        saved_scaler = resumed.states.get("scaler")
-        resumed.restore_training_state(optimizer, scheduler,
-                                       scaler if scaler.is_enabled() and saved_scaler else None)
-        plan.records = _read_metrics(out_dir / "metrics.jsonl", up_to_epoch=resumed.epoch)
-        resumed.restore_rng()  # last: nothing after it may draw random numbers before training
-        plan.resumed, plan.start_epoch, plan.step = resumed, resumed.epoch, resumed.step
-        plan.position = resumed.position
-        if plan.position is not None:  # a mid-epoch checkpoint: its epoch started this many steps ago
-            plan.step -= int(plan.position["steps"])
-        if resumed.metrics.get("best_val_acc1") is not None:
-            plan.best_acc = resumed.metrics["best_val_acc1"]
-        plan.best_epoch = resumed.metrics.get("best_epoch", 0)
+        _restore(plan, resumed)
     return plan
+
+
+def _loaders(config: TrainConfig, data: DataSplits, precision: Precision, whiten: Any,
+             dist: DistInfo) -> tuple[BatchLoader, BatchLoader, BatchLoader]:
+    """The train (shuffled, augmented, this rank's shard), validation and test loaders."""
+    common = dict(mean=config.mean, std=config.std, device=precision.device,
+                  memory_format=precision.memory_format, whiten=whiten,
+                  rank=dist.rank, world_size=dist.world_size)
+    train_loader = BatchLoader(
+        data.train_images, data.train_targets, batch_size=config.batch_size // dist.world_size,
+        shuffle=True, drop_last=config.drop_last, augment=True, hflip=config.hflip,
+        crop_padding=config.crop_padding, seed=config.seed,
+        limit_batches=config.limit_train_batches, name="train", **common)
+    val_loader = BatchLoader(data.val_images, data.val_targets, batch_size=config.eval_batch_size,
+                             name="val", **common)
+    test_loader = BatchLoader(data.test_images, data.test_targets,
+                              batch_size=config.eval_batch_size, name="test", **common)
+    return train_loader, val_loader, test_loader
+
+
+def _restore(plan: RunPlan, resumed: Checkpoint) -> None:
+    """Load a checkpoint's weights and states into ``plan`` and say where training continues."""
+    load_model_state(plan.model, resumed)
+    scaler = plan.scaler
+    saved_scaler = resumed.states.get("scaler")
+    resumed.restore_training_state(plan.optimizer, plan.scheduler,
+                                   scaler if scaler.is_enabled() and saved_scaler else None)
+    plan.records = _read_metrics(plan.out_dir / "metrics.jsonl", up_to_epoch=resumed.epoch)
+    resumed.restore_rng()  # last: nothing after it may draw random numbers before training
+    plan.resumed, plan.start_epoch, plan.step = resumed, resumed.epoch, resumed.step
+    plan.position = resumed.position
+    if plan.position is not None:  # a mid-epoch checkpoint: its epoch started this many steps ago
+        plan.step -= int(plan.position["steps"])
+    if resumed.metrics.get("best_val_acc1") is not None:
+        plan.best_acc = resumed.metrics["best_val_acc1"]
+    plan.best_epoch = resumed.metrics.get("best_epoch", 0)
 
 
 def saved_config(out_dir: str | Path) -> TrainConfig:
