@@ -211,17 +211,8 @@ def train_one_epoch(
             sums[1] += topk_correct(logits.detach(), targets, (1,))[0]
             sums[2] += len(targets)
             if i == 0 or (i + 1) % log_every == 0 or i + 1 == len(loader):
-                total = all_reduce_sum(sums.clone(), dist)
-                mean_loss, correct, seen = total[0].item() / total[2].item(), total[1].item(), total[2].item()
-                if not math.isfinite(mean_loss):
-                    raise TrainingDiverged(
-                        f"the training loss became {mean_loss} in epoch {epoch} (batch {i + 1} of "
-                        f"{len(loader)}): the weights have blown up, so the run was stopped. "
-                        + _hints(config)
-                    )
-                elapsed = time.perf_counter() - start
-                bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100.0 * correct / seen:.1f}%",
-                                img_s=f"{seen / max(elapsed, 1e-9):.0f}")
+                _check_loss(sums, dist, bar, time.perf_counter() - start, config,
+                            where=f"in epoch {epoch} (batch {i + 1} of {len(loader)})")
             bar.update(1)
             if after_step is not None and after_step(
                     {"batch": i + 1, "sums": sums, "steps": steps, "seconds": time.perf_counter() - start}):
@@ -241,6 +232,19 @@ def train_one_epoch(
         "images_per_s": seen / max(seconds, 1e-9),
         "stopped": stopped,
     }
+
+
+def _check_loss(sums: Tensor, dist: DistInfo, bar, elapsed: float, config: TrainConfig | None, *,
+                where: str) -> None:
+    """Stop on a NaN/inf loss (summed over every rank, so all take the same decision) and show
+    loss, accuracy and speed so far on the progress bar."""
+    total = all_reduce_sum(sums.clone(), dist)
+    mean_loss, correct, seen = total[0].item() / total[2].item(), total[1].item(), total[2].item()
+    if not math.isfinite(mean_loss):
+        raise TrainingDiverged(f"the training loss became {mean_loss} {where}: the weights have blown up, "
+                               f"so the run was stopped. " + _hints(config))
+    bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100.0 * correct / seen:.1f}%",
+                    img_s=f"{seen / max(elapsed, 1e-9):.0f}")
 
 
 # ----------------------------------------------------------------------------- fit
