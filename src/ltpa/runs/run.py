@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .checkpoints import CheckpointError, CheckpointStore, load_checkpoint, load_model_state
+from .checkpoints import Checkpoint, CheckpointError, CheckpointStore, load_checkpoint, load_model_state
 from .config import TrainConfig
 from .preprocess import Preprocessing
 
@@ -40,8 +40,10 @@ class Run:
         config: the config of that checkpoint (its own record), else the run's ``config.json``.
     """
 
-    def __init__(self, folder: Path | None, config: TrainConfig, checkpoint: Path | None) -> None:
+    def __init__(self, folder: Path | None, config: TrainConfig, checkpoint: Path | None,
+                 loaded: Checkpoint | None = None) -> None:
         self.folder, self.config, self.checkpoint = folder, config, checkpoint
+        self.loaded = loaded  # the checkpoint read by open(), kept so load_model() reads it once
 
     # -- opening
     @classmethod
@@ -70,8 +72,9 @@ class Run:
         try:
             config = TrainConfig.from_dict(sidecar.config)
         except ValueError as err:
-            raise ValueError(f"checkpoint {sidecar.path} records a config this ltpa cannot read: {err}") from None
-        return cls(folder, config, sidecar.path)
+            raise ValueError(f"the config stored in {sidecar.path} does not fit this version of ltpa ({err}); "
+                             f"if a newer ltpa wrote it, upgrade ltpa") from None
+        return cls(folder, config, sidecar.path, sidecar)
 
     # -- what the folder holds
     @property
@@ -169,7 +172,10 @@ class Run:
         path = self.checkpoint if weights is None else self.checkpoint_path(weights)
         if path is None:
             path = self.checkpoint_path("latest")
-        checkpoint = load_checkpoint(path)
+        if self.loaded is not None and path == self.checkpoint:
+            checkpoint, self.loaded = self.loaded, None  # its tensors now live in the model
+        else:
+            checkpoint = load_checkpoint(path)
         config = self.config
         if checkpoint.path != self.checkpoint:
             config = TrainConfig.from_dict(checkpoint.config)

@@ -19,8 +19,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._files import atomic_write_bytes, atomic_write_json
-from ..runs.checkpoints import load_checkpoint, load_model_state
+from ..runs.checkpoints import CheckpointError
 from ..runs.preprocess import Preprocessing
+from ..runs.run import Run
 from ..runs.config import TrainConfig
 from .data_setup import BatchLoader, build_data
 from .distributed import DistInfo, all_reduce_sum, gather_objects
@@ -246,19 +247,18 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_spec: str | None = N
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r} (--batch-size)")
-    ckpt = load_checkpoint(checkpoint)
-    try:
-        config = TrainConfig.from_dict(ckpt.config)
-    except ValueError as err:
-        raise ValueError(f"the config stored in {ckpt.path} does not fit this version of ltpa ({err}); "
-                         f"if a newer ltpa wrote it, upgrade ltpa") from None
-    run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == "checkpoints" else ckpt.path.parent
+    run = Run.open(checkpoint)  # the one rebuild path: a run folder or any checkpoint
+    if run.checkpoint is None:
+        raise CheckpointError(f"run {run.folder} has no checkpoint yet (it stopped before its first one); "
+                              f"continue the run to make one")
+    ckpt, config = run.loaded, run.config
+    run_dir = run.folder or run.checkpoint.parent
     path = Path(out) if out is not None else run_dir / "eval" / f"{ckpt.path.stem}_{split}.json"
     _check_report_path(path)
     if data_spec is not None and data_spec != config.data:
         config = dataclasses.replace(config, data=data_spec, subset_test=0)
-    model = build_model(config)
-    load_model_state(model, ckpt)
+    epoch = ckpt.epoch
+    model = run.load_model()
     numerics = resolve_precision(precision, "auto", device)
     model.to(numerics.device, memory_format=numerics.memory_format)
     data = build_data(config)
@@ -277,7 +277,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_spec: str | None = N
                          memory_format=numerics.memory_format, whiten=preprocess.zca, name=split)
     report = classification_report(predict(model, loader, numerics), data.class_names)
     path.parent.mkdir(parents=True, exist_ok=True)
-    report = {"checkpoint": str(ckpt.path), "epoch": ckpt.epoch, "model": config.model,
+    report = {"checkpoint": str(run.checkpoint), "epoch": epoch, "model": config.model,
               "data": config.data, "split": split, **report, "warnings": warnings, "path": str(path)}
     atomic_write_json(path, report)
     logger.info("%s on %s/%s: %s", ckpt.path.name, config.data, split, format_report(report))
