@@ -20,10 +20,8 @@ RISE inserts into a blurred image).
 ROAD (Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution Methods",
 ICML 2022) removes pixels without the out-of-distribution artefacts of a constant or
 blurred fill: the removed pixels are *imputed* from their neighbours by noisy linear
-interpolation (a sparse linear system per image, plus Gaussian noise of std 0.01). ltpa solves
-the same system as the ``grad-cam`` package (``pytorch_grad_cam.metrics.road``, one sparse
-factorisation per image and percentile), batched over images and percentiles
-(:func:`ltpa.attention.imputation.noisy_linear_imputation`; the tests check both agree). For each
+interpolation (a sparse linear system per image, plus Gaussian noise of std 0.01). ltpa calls
+the ``grad-cam`` package's implementation (``pytorch_grad_cam.metrics.road``). For each
 percentile ``p`` of :data:`ROAD_PERCENTILES`, MoRF imputes the pixels at or above the map's
 ``p``-th percentile (the most relevant ``100 - p`` %) and LeRF the least relevant ``100 - p`` %;
 the probability of the tracked class is recorded. Lower MoRF and higher LeRF are better; the
@@ -34,6 +32,7 @@ a map with large plateaus (a coarse level placed with ``nearest``) removes fewer
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -43,14 +42,12 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from ltpa.attention._inputs import check_heat, model_device, prepare_images, preserve_model_state
-from ltpa.attention.imputation import noisy_linear_imputation
 from ltpa.models.output import AttentionOutput
 
 __all__ = ["BASELINES", "ROAD_PERCENTILES", "blur", "deletion_insertion", "plot_faithfulness", "road"]
 
 BASELINES = ("mean", "blur")
 ROAD_PERCENTILES: tuple[int, ...] = (10, 20, 30, 40, 50, 60, 70, 80, 90)
-_IMPUTATIONS_PER_SOLVE = 256  # (image, mask) pairs solved in one batched call
 
 
 def blur(images: Tensor, sigma: float) -> Tensor:
@@ -213,6 +210,9 @@ def road(
         probability per percentile], "lerf": [...], "road_morf", "road_lerf",
         "road_combined"}}}``.
     """
+    from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
     grid = [int(p) for p in percentiles]
     if not grid or any(isinstance(p, bool) or not 0 < int(p) < 100 or p != int(p) for p in percentiles):
         raise ValueError(f"percentiles must be whole numbers in (0, 100), got {list(percentiles)!r}.")
@@ -228,36 +228,31 @@ def road(
                              f"got {tuple(maps.shape)}; use AttentionMaps.upsampled.")
         heats[name] = maps.double().cpu()
     device = model_device(model)
-    levels = torch.tensor(grid, dtype=torch.float64) / 100
-    problems = 2 * len(grid)  # MoRF then LeRF, one imputation per percentile
-    chunk = max(1, _IMPUTATIONS_PER_SOLVE // problems)  # images imputed together
-    generator = torch.Generator().manual_seed(seed)
+    imputer = NoisyLinearImputer()
+    removers = {kind: [cls(p, imputer) for p in grid]
+                for kind, cls in (("morf", RemoveMostRelevantFirst), ("lerf", RemoveLeastRelevantFirst))}
     per_image = {name: {"morf": [], "lerf": []} for name in heats}
-    with preserve_model_state(model), torch.no_grad():
+    with preserve_model_state(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
         model.eval()
-        if target_classes is None:
-            tracked = torch.cat([_logits(model, inputs[s:s + batch_size].to(device)).argmax(1).cpu()
-                                 for s in range(0, count, batch_size)])
-        else:
-            tracked = torch.as_tensor(target_classes, dtype=torch.int64).cpu()
-        for name, heat in heats.items():
-            for start in range(0, count, chunk):
-                stop = min(start + chunk, count)
-                kept = []
-                for order in (heat[start:stop], 1 - heat[start:stop]):  # MoRF, LeRF (grad-cam's 1 - map)
-                    # np.percentile's linear interpolation; kept = below the percentile, as in grad-cam
-                    thresholds = torch.quantile(order.flatten(1), levels, dim=1)  # (P, n)
-                    kept.append(order[None] < thresholds[:, :, None, None])  # (P, n, H, W)
-                keep = torch.cat(kept).transpose(0, 1).reshape(-1, height, width)  # image-major
-                pictures = inputs[start:stop].cpu().float().repeat_interleave(problems, 0)
-                imputed = noisy_linear_imputation(pictures, keep, generator=generator)
-                classes = tracked[start:stop].repeat_interleave(problems)
-                probability = torch.cat([
-                    _logits(model, imputed[s:s + batch_size].to(device)).float().softmax(1).cpu()
-                    .gather(1, classes[s:s + batch_size, None])[:, 0]
-                    for s in range(0, len(imputed), batch_size)]).double().view(stop - start, problems)
-                per_image[name]["morf"].extend(probability[:, :len(grid)])
-                per_image[name]["lerf"].extend(probability[:, len(grid):])
+        torch.manual_seed(seed)
+        for index in range(count):
+            image = inputs[index].cpu()
+            if target_classes is None:
+                target = int(_logits(model, image[None].to(device)).argmax(1))
+            else:
+                target = int(torch.as_tensor(target_classes, dtype=torch.int64)[index])
+            # grad-cam's removal and noisy linear imputation, one image at a time; the forward
+            # passes of all percentiles and both orders are batched here.
+            for name, heat in heats.items():
+                with warnings.catch_warnings():
+                    # grad-cam's imputer hands torch tensors to np.argwhere (NumPy 2 deprecation)
+                    warnings.filterwarnings("ignore", message="__array_wrap__", category=DeprecationWarning)
+                    imputed = torch.stack([remove(image, heat[index]).float()
+                                           for kind in ("morf", "lerf") for remove in removers[kind]])
+                probability = torch.cat([_logits(model, chunk.to(device)).float().softmax(1)[:, target].cpu()
+                                         for chunk in imputed.split(batch_size)]).double()
+                per_image[name]["morf"].append(probability[:len(grid)])
+                per_image[name]["lerf"].append(probability[len(grid):])
     methods = {}
     for name, kinds in per_image.items():
         morf = torch.stack(kinds["morf"]).mean(0).numpy()  # (P,)
