@@ -26,7 +26,7 @@ def test_validation_set_is_exactly_the_trainers_validation_split_with_masks():
 
 def test_validation_set_refuses_other_data_and_runs_without_validation():
     config = apply_overrides(TrainConfig(), ["num_train=40", "num_test=10", "num_classes=2"])
-    with pytest.raises(ValueError, match="--calibrate"):
+    with pytest.raises(ValueError, match=r"hold_out\(evaluation, 50\)"):
         load_validation_set(config, "synthetic,num_classes=5")
     with pytest.raises(ValueError, match="val_fraction=0"):
         load_validation_set(apply_overrides(config, ["val_fraction=0", "test_weights=last"]))
