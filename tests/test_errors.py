@@ -46,3 +46,16 @@ def test_the_cli_prints_the_flag_and_the_library_the_argument(tmp_path, capsys):
     assert err.startswith("ltpa data: error:") and err.rstrip().endswith("drop --download")
     assert main(["data", f"cifar10:{tmp_path}"]) == 2
     assert "pass --download and ltpa fetches" in capsys.readouterr().err
+
+
+def test_a_taken_run_folder_is_refused_in_library_terms_and_in_flags(tmp_path, capsys):
+    from ltpa.train.run_dir import check_out_dir
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError) as caught:
+        check_out_dir(tmp_path, resume=False, overwrite=False)
+    assert "pass resume=True" in str(caught.value) and "pass overwrite=True" in str(caught.value)
+    assert "--" not in str(caught.value)
+    assert main(["train", "--out", str(tmp_path), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --resume" in err and "pass --overwrite" in err and (tmp_path / "notes.txt").read_text() == "mine"

@@ -28,6 +28,7 @@ from .distributed import DistInfo, all_reduce_sum, gather_objects
 from .meters import accuracy_ks, topk_correct
 from .precision import Precision, resolve_precision
 from .run_dir import CLASSES_FILE
+from ..errors import Option, UserError
 
 __all__ = ["evaluate", "Predictions", "predict", "classification_report", "write_report",
            "format_report", "evaluate_checkpoint", "build_model", "SPLITS"]
@@ -246,7 +247,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_spec: str | None = N
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r} (--batch-size)")
+        raise UserError(f"batch_size must be an integer >= 1, got {batch_size!r}; ", Option("batch_size", 256))
     run = Run.open(checkpoint)  # the one rebuild path: a run folder or any checkpoint
     if run.checkpoint is None:
         raise CheckpointError(f"run {run.folder} has no checkpoint yet (it stopped before its first one); "
@@ -287,14 +288,14 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data_spec: str | None = N
 def _check_report_path(path: Path) -> None:
     """Refuse, before any work, a report path that cannot be written as a file."""
     if path.is_dir():
-        raise ValueError(f"{path} is a folder; give a JSON file path such as {path / 'eval.json'} (--out)")
+        raise UserError(f"{path} is a folder; ", Option("out", path / "eval.json"), " (a JSON file path)")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise ValueError(f"cannot write {path}: {parent} is a file, not a folder")
             if not os.access(parent, os.W_OK | os.X_OK):
-                raise ValueError(f"cannot write {path}: {parent} is not writable (read-only folder "
-                                 f"or file system); choose another --out")
+                raise UserError(f"cannot write {path}: {parent} is not writable (read-only folder "
+                                "or file system); write elsewhere (", Option("out", "PATH"), ")")
             return
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..runs.preprocess import ZCA_FILE
 from ..runs.run import CHECKPOINT_DIR, CLASSES_FILE
+from ..errors import Option, UserError
 
 
 __all__ = ["RUN_FORMAT", "CHECKPOINT_DIR", "TENSORBOARD_DIR", "RUN_FILES", "ZCA_FILE", "is_run",
@@ -88,10 +89,10 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> str:
     if resume:
         environment = out_dir / "environment.json"
         if environment.is_file() and not is_run(out_dir):
-            raise ValueError(
+            raise UserError(
                 f"cannot resume: {environment} is not the environment.json of an ltpa run (invalid "
                 f"JSON, or no \"format\": \"{RUN_FORMAT}\"); restore it from a copy of the run, or "
-                f"start a new run with overwrite=True (--overwrite)"
+                "start a new run (", Option("overwrite"), ")"
             )
         if not is_run(out_dir):
             raise ValueError(
@@ -104,10 +105,10 @@ def check_out_dir(out_dir: Path, *, resume: bool, overwrite: bool) -> str:
         return "new"
     if not overwrite:
         what = "already holds an ltpa run" if is_run(out_dir) else "is not empty"
-        raise ValueError(
+        raise UserError(
             f"output folder {out_dir} {what} ({', '.join(contents[:6])}"
-            f"{', ...' if len(contents) > 6 else ''}). Pass resume=True (--resume) to continue that run, "
-            f"overwrite=True (--overwrite) to replace it, or choose a new folder. Nothing was changed."
+            f"{', ...' if len(contents) > 6 else ''}). Either ", Option("resume"), " to continue that run, ",
+            Option("overwrite"), " to replace it, or choose a new folder. Nothing was changed."
         )
     if is_run(out_dir):
         return "overwrite"

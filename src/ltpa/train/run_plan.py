@@ -30,6 +30,7 @@ from .evaluation import build_model
 from .precision import Precision, resolve_precision
 from .run_dir import CHECKPOINT_DIR, ZCA_FILE, check_out_dir, collect_log_records
 from .run_setup import load_transfer_source, make_lr_lambda, param_groups, transfer_init
+from ..errors import Option, Setting, UserError
 
 __all__ = ["RunPlan", "plan_run", "saved_config"]
 
@@ -227,12 +228,12 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ValueError(f"{path} is missing, so the run cannot be resumed; restore it from a copy "
-                         f"of the run, or start a new run (overwrite=True, --overwrite)") from None
+        raise UserError(f"{path} is missing, so the run cannot be resumed; restore it from a copy "
+                        "of the run, or start a new run (", Option("overwrite"), ")") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}), so the run cannot be resumed; restore "
-                         f"the file from a copy of the run, or start a new run (overwrite=True, "
-                         f"--overwrite)") from None
+        raise UserError(f"{path} is not valid JSON ({err}), so the run cannot be resumed; restore "
+                        "the file from a copy of the run, or start a new run (", Option("overwrite"),
+                        ")") from None
 
 
 def _read_metrics(path: Path, *, up_to_epoch: int) -> list[dict[str, Any]]:
@@ -262,14 +263,14 @@ def _check_tensorboard(config: TrainConfig) -> None:
     try:
         importlib.import_module("torch.utils.tensorboard")
     except ImportError as err:
-        raise ValueError(f"tensorboard=true needs the tensorboard package ({err}); install it "
-                         f"(pip install tensorboard) or pass --set tensorboard=false") from err
+        raise UserError(f"tensorboard=true needs the tensorboard package ({err}); install it "
+                        "(pip install tensorboard) or ", Setting("tensorboard", False)) from err
 
 
 def _check_data(config: TrainConfig, data: DataSplits) -> None:
     if data.num_classes != config.num_classes:
-        raise ValueError(f"{config.data} has {data.num_classes} classes but num_classes={config.num_classes}; "
-                         f"pass --set num_classes={data.num_classes}")
+        raise UserError(f"{config.data} has {data.num_classes} classes but num_classes={config.num_classes}; ",
+                        Setting("num_classes", data.num_classes))
     for split, targets in (("train", data.train_targets), ("test", data.test_targets)):
         if len(targets) == 0:
             raise ValueError(f"data {config.data!r}: the {split} split is empty after subset_{split}/"
