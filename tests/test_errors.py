@@ -59,3 +59,16 @@ def test_a_taken_run_folder_is_refused_in_library_terms_and_in_flags(tmp_path, c
     assert main(["train", "--out", str(tmp_path), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "pass --resume" in err and "pass --overwrite" in err and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_config_errors_name_the_key_in_library_terms_and_as_a_set_flag(capsys):
+    from ltpa.runs.config import TrainConfig, apply_overrides
+
+    with pytest.raises(UserError) as caught:
+        TrainConfig(lr=-1.0).validate()
+    assert str(caught.value).endswith("set lr=... in the config") and "--" not in str(caught.value)
+    with pytest.raises(UserError) as caught:
+        apply_overrides(TrainConfig(), ["epochs=three"])
+    assert "set epochs=3 in the config" in str(caught.value) and "--" not in str(caught.value)
+    assert main(["train", "--out", "never", "--set", "epochs=three"]) == 2
+    assert "pass --set epochs=3" in capsys.readouterr().err

@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from ..errors import Setting, UserError
+
 __all__ = ["TrainConfig", "apply_overrides", "resume_config", "RESUMABLE_CHANGES"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -155,10 +157,8 @@ class TrainConfig:
             ValueError: the first bad value, saying what is allowed.
         """
         def bad(key: str, allowed: str) -> ValueError:
-            return ValueError(
-                f"config {key}={getattr(self, key)!r} is invalid: expected {allowed}. "
-                f"Fix it with --set {key}=..."
-            )
+            return UserError(f"config {key}={getattr(self, key)!r} is invalid: expected {allowed}. Fix it: ",
+                             Setting(key))
 
         positive = ("image_size", "num_train", "num_test", "epochs", "batch_size", "accumulate_steps",
                     "eval_batch_size", "log_every")
@@ -239,18 +239,18 @@ class TrainConfig:
                                          f"(default 0.01), or the run counts as stuck while it learns")
         peak = self._log_peak_lr()
         if peak > math.log(FLOAT32_MAX):
-            raise ValueError(
+            raise UserError(
                 f"config: the learning rate would reach about 10^{peak / math.log(10):.0f} (lr={self.lr:g} "
                 f"times the lr_gamma/lr_milestone_gammas and lr_multipliers factors above 1), more than "
-                f"float32 can hold; factors above 1 raise the lr. Fix it with --set lr=... or smaller factors"
+                f"float32 can hold; factors above 1 raise the lr. Fix it: ", Setting("lr"), " or smaller factors"
             )
         try:
             json.dumps(self.to_dict(), allow_nan=False)
         except (TypeError, ValueError) as err:
-            raise ValueError(
+            raise UserError(
                 f"config is not plain JSON ({err}); config.json and every checkpoint store it. "
                 f"Use numbers, strings, true/false and lists only (NaN and Infinity are not allowed), "
-                f"e.g. --set model_options.width=0.5"
+                f"e.g. ", Setting("model_options.width", 0.5)
             ) from None
         return self
 

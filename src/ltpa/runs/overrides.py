@@ -10,6 +10,8 @@ import math
 import typing
 from typing import Any
 
+
+from ..errors import Setting, UserError
 from .config import SECTION_OF, SECTIONS, TrainConfig, _coerce, _field_types, _is_union, _type_name
 
 __all__ = ["apply_overrides"]
@@ -82,10 +84,8 @@ def _no_constant(name: str) -> Any:
 def _parse(key: str, raw: str, tp: Any) -> Any:
     """Parse the command-line string ``raw`` for field ``key`` of type ``tp``."""
     def fail(detail: str = "") -> ValueError:
-        return ValueError(
-            f"cannot set {key}={raw!r}: expected {_type_name(tp)}{detail}. "
-            f"Example: --set {key}={_example(tp)}"
-        )
+        return UserError(f"cannot set {key}={raw!r}: expected {_type_name(tp)}{detail}. Example: ",
+                         Setting(key, _example(tp)))
 
     if _is_union(tp):
         options = typing.get_args(tp)

@@ -17,6 +17,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from ..runs.preprocess import Preprocessing
 from ..runs.config import TrainConfig
+from ..errors import Setting, UserError
 
 __all__ = [
     "DataSplits",
@@ -300,10 +301,10 @@ class BatchLoader:
         dropped = shard % batch_size if drop_last else 0
         if drop_last and shard < batch_size:
             per_rank = " per process" if world_size > 1 else ""
-            raise ValueError(
+            raise UserError(
                 f"the {name} split has {shard} images{per_rank}, fewer than a batch of {batch_size}, "
-                f"so drop_last=true leaves no batch at all; lower batch_size (--set batch_size=...) "
-                f"or set drop_last=false"
+                f"so drop_last=true leaves no batch at all; lower batch_size (", Setting("batch_size"),
+                ") or ", Setting("drop_last", False)
             )
         if dropped and rank == 0:
             logger.info("%s: dropping the last partial batch of %d of %d images each epoch%s "
