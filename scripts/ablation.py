@@ -40,7 +40,7 @@ def recipe(args: argparse.Namespace, model: str, seed: int, *, synthetic: bool):
     the demo's CPU recipe (:func:`ltpa.train.presets.demo_config`), dropout is off (a few
     epochs on a few thousand images only learn slower with it) and the attention vector keeps
     PyTorch's default init."""
-    from ltpa.train.config import TrainConfig
+    from ltpa.runs.config import TrainConfig
 
     epochs = args.synthetic_epochs if synthetic else args.epochs
     options = {"width": args.width, "dropout": False}

@@ -26,7 +26,7 @@ import ltpa.train.loop
 import ltpa.train.state
 from ltpa.cli import main
 from ltpa.models.output import AttentionOutput
-from ltpa.train.config import TrainConfig
+from ltpa.runs.config import TrainConfig
 from ltpa.train.loop import TrainingDiverged, fit
 
 TINY = ["--set", "model_options.width=0.0625", "--set", "num_train=64", "--set", "num_test=32",

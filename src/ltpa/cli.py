@@ -31,7 +31,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .train.config import TrainConfig, apply_overrides
+    from .runs.config import TrainConfig, apply_overrides
     from .train.presets import get_preset
 
     if args.resume and not args.preset:  # continue the saved plan; flags only change it

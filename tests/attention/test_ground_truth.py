@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ltpa.attention.ground_truth import hold_out, load_evaluation_set, load_validation_set
-from ltpa.train.config import TrainConfig, apply_overrides
+from ltpa.runs.config import TrainConfig, apply_overrides
 from ltpa.train.data_setup import build_data
 
 

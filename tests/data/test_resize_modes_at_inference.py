@@ -10,7 +10,7 @@ from PIL import Image
 
 from ltpa.data.materialise import MODES
 from ltpa.inference import evaluation_set, load_files_as_trained
-from ltpa.train.config import TrainConfig
+from ltpa.runs.config import TrainConfig
 from ltpa.train.data_setup import build_data
 
 SIZE = 24

@@ -7,10 +7,10 @@ from torch import nn
 
 from ltpa import create_model
 from ltpa.inference import TrainedModel, load_trained
-from ltpa.train.checkpoint import save_checkpoint
-from ltpa.train.config import TrainConfig
+from ltpa.runs.checkpoints import save_checkpoint
+from ltpa.runs.config import TrainConfig
 from ltpa.data.transforms import ZCAWhitening
-from ltpa.train.whitening import save_whitening
+from ltpa.runs.preprocess import save_whitening
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 

@@ -7,7 +7,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ltpa.models import create_model
-from ltpa.train.checkpoint import CheckpointError, save_checkpoint
+from ltpa.runs.checkpoints import CheckpointError, save_checkpoint
 from ltpa.transfer import load_source_state, map_foreign_state, transfer_weights
 
 WIDTH = 0.125

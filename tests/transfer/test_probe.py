@@ -12,8 +12,8 @@ from threadpoolctl import threadpool_limits
 
 from ltpa import create_model
 from ltpa.inference import load_trained
-from ltpa.train.checkpoint import save_checkpoint
-from ltpa.train.config import TrainConfig
+from ltpa.runs.checkpoints import save_checkpoint
+from ltpa.runs.config import TrainConfig
 from ltpa.transfer import probe as probe_module
 from ltpa.transfer.features import available_features, default_features, extract_features
 from ltpa.transfer.probe import linear_probe, run_probe, wilson_interval

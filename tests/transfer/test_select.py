@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ltpa.models import create_model
-from ltpa.train.checkpoint import CheckpointError
+from ltpa.runs.checkpoints import CheckpointError
 from ltpa.transfer import (
     STATUSES, TRANSFER_PRESETS, PatternSet, TransferReport, resolve_patterns, transfer_weights,
 )
@@ -152,7 +152,7 @@ def test_wrapped_source_and_wrapped_model_are_unwrapped():
 
 
 def test_attention_moves_by_level_when_the_source_checkpoint_names_its_model(tmp_path):
-    from ltpa.train.checkpoint import save_checkpoint
+    from ltpa.runs.checkpoints import save_checkpoint
     from ltpa.transfer import load_source_state
 
     options = {"width": WIDTH, "channel_match": "project_l"}
