@@ -47,11 +47,7 @@ RANK = {
 # with the probe's Wilson interval.
 PEER_EDGES = {("robustness", "transfer.analysis")}
 # Known violations being removed by other work in this round, as (importing file, imported unit):
-KNOWN_VIOLATIONS = {
-    # attention.ground_truth splits the validation images with train's stratified_split; the
-    # split belongs to data (issue 10: E12 moves it with the masks: data source).
-    ("attention/ground_truth.py", "train"),
-}
+KNOWN_VIOLATIONS: set[tuple[str, str]] = set()  # none left: add one only with the issue that removes it
 _TRANSFER_ANALYSIS = {"features", "probe"}
 
 

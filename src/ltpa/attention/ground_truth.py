@@ -151,7 +151,7 @@ def load_validation_set(config, spec: str | None = None, *, limit: int | None = 
         ValueError: another spec than the run's, a run without a validation split, or a
             ``masks:`` folder (no training split).
     """
-    from ..train import stratified_split
+    from ..data.splits import stratified_split
 
     spec = spec or config.data
     if spec != config.data:
