@@ -25,14 +25,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """
     path = _target(path)
     tmp = write_temp(path, data)
-    try:
+    with _discarding(tmp, path):
         os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise _naming(err, path) from err
-        raise
     fsync_dir(path.parent)
     return path
 
@@ -45,23 +39,31 @@ def _naming(err: OSError, path: Path) -> OSError:
     return OSError(err.errno, err.strerror, str(path))
 
 
-def write_temp(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a new hidden temporary file beside ``path``, flushed and fsynced.
-
-    On error the temporary file is removed and the error re-raised.
-    """
-    tmp, fd = _create_temp(path)
+@contextlib.contextmanager
+def _discarding(tmp: Path, path: Path) -> Iterator[None]:
+    """On any error inside the block remove the temporary file ``tmp`` (``path`` keeps its old
+    content, or stays absent) and re-raise, an OSError naming ``path``."""
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(err, OSError):
             raise _naming(err, path) from err
         raise
+
+
+def write_temp(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a new hidden temporary file beside ``path``, flushed and fsynced.
+
+    On error the temporary file is removed and the error re-raised.
+    """
+    tmp, fd = _create_temp(path)
+    with _discarding(tmp, path):
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
     return tmp
 
 
@@ -76,18 +78,12 @@ def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """
     path = _target(path)
     tmp, fd = _create_temp(path)
-    try:
+    with _discarding(tmp, path):
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise _naming(err, path) from err
-        raise
     fsync_dir(path.parent)
 
 
@@ -100,7 +96,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp, fd = _create_temp(path)
     mode = os.fstat(fd).st_mode & 0o777  # what the umask gives a new file
     os.close(fd)
-    try:
+    with _discarding(tmp, path):
         yield tmp
         # Some writers recreate the file by name with their own permissions (safetensors'
         # save_file leaves 0600): give it back the umask's.
@@ -112,12 +108,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise _naming(err, path) from err
-        raise
     fsync_dir(path.parent)
 
 
