@@ -490,30 +490,25 @@ def _count(minimum: int):
     return parse
 
 
-def _calibrate_choice(text: str) -> str | int:
-    """``--calibrate``: ``val`` or a count of held-out images >= 1."""
-    if text == "val":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'val' or a number of images >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected 'val' or a number of images >= 1, got {value}")
-    return value
+def _word_or_integer(words: tuple[str, ...], minimum: int, expected: str):
+    """An argparse type: one of ``words`` or an integer >= ``minimum``; errors say ``expected``."""
+    def parse(text: str) -> str | int:
+        if text in words:
+            return text
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
 
 
-def _target_choice(text: str) -> str | int:
-    """``--target``: ``prediction``, ``label`` or a class index >= 0."""
-    if text in ("prediction", "label"):
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected prediction, label or a class index, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a class index >= 0, got {value}")
-    return value
+# --calibrate val|N (held-out images) and --target prediction|label|N (a class index)
+_calibrate_choice = _word_or_integer(("val",), 1, "'val' or a number of images >= 1")
+_target_choice = _word_or_integer(("prediction", "label"), 0, "prediction, label or a class index >= 0")
 
 
 def _non_negative_float(text: str) -> float:

@@ -81,6 +81,19 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a finite number")
 
 
+def _json_value(raw: str, kind: type, as_what: str, fail) -> Any:
+    """``raw`` parsed as strict JSON of type ``kind`` (no NaN/Infinity), or ``fail(as_what ...)``."""
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except json.JSONDecodeError as err:
+        raise fail(f"{as_what} ({err.msg})") from None
+    except ValueError as err:
+        raise fail(f"{as_what} ({err})") from None
+    if not isinstance(value, kind):
+        raise fail(as_what)
+    return value
+
+
 def _parse(key: str, raw: str, tp: Any) -> Any:
     """Parse the command-line string ``raw`` for field ``key`` of type ``tp``."""
     def fail(detail: str = "") -> ValueError:
@@ -125,29 +138,14 @@ def _parse(key: str, raw: str, tp: Any) -> Any:
     if tp is str:
         return raw
     if tp is dict or origin is dict:
-        try:
-            value = json.loads(raw, parse_constant=_no_constant)
-        except json.JSONDecodeError as err:
-            raise fail(f" as a JSON object ({err.msg})") from None
-        except ValueError as err:
-            raise fail(f" as a JSON object ({err})") from None
-        if not isinstance(value, dict):
-            raise fail(" as a JSON object")
-        return value
+        return _json_value(raw, dict, " as a JSON object", fail)
     if origin is tuple:
         (item_tp, *_) = typing.get_args(tp) or (str,)
         text = raw.strip()
         if text in ("", "()", "[]"):
             return ()
         if text.startswith("["):
-            try:
-                items = json.loads(text, parse_constant=_no_constant)
-            except json.JSONDecodeError as err:
-                raise fail(f" as a JSON list ({err.msg})") from None
-            except ValueError as err:
-                raise fail(f" as a JSON list ({err})") from None
-            if not isinstance(items, list):
-                raise fail(" as a JSON list")
+            items = _json_value(text, list, " as a JSON list", fail)
             return tuple(_coerce(key, v, item_tp) for v in items)
         return tuple(_parse(key, part.strip(), item_tp) for part in text.strip("()").split(","))
     raise fail()
