@@ -93,7 +93,7 @@ def test_zca_is_fitted_on_the_train_split_only_and_saved_with_the_run(zca_run):
     assert fitted_on == [40]  # 50 train images minus the 10 of the validation split
     state = ZCAWhitening.from_state_dict(__import__("safetensors.torch").torch.load_file(run / "zca.safetensors"))
     assert state.shape == (3, 32, 32)
-    assert (run / "config.json").exists() and json.loads((run / "config.json").read_text())["zca"]
+    assert (run / "config.json").exists() and json.loads((run / "config.json").read_text())["data"]["zca"]
 
 
 def test_run_writes_the_test_report_confusion_matrix_and_tensorboard_events(zca_run):
@@ -169,6 +169,11 @@ def test_new_config_fields_are_validated():
         _config(head_warmup_epochs=1, epochs=1).validate()
     with pytest.raises(ValueError, match="resize_mode"):
         _config(resize_mode="stretch").validate()
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _config(lr_schedule="onecycle").validate()
+    for smoothing in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="label_smoothing"):
+            _config(label_smoothing=smoothing).validate()
     assert dataclasses.replace(_config(), lr_multipliers={"trunk": 0.1}).validate()
 
 

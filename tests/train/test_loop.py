@@ -258,6 +258,41 @@ def test_lr_schedule_steps_milestones_and_warmup():
     assert [warm(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
 
 
+def test_cosine_and_linear_schedules_decay_to_zero_after_the_warm_up():
+    # 4 epochs of 10 steps, 1 epoch of warm-up: the peak at step 9, then down to 0 at step 40
+    cosine = make_lr_lambda(TrainConfig(epochs=4, lr_schedule="cosine", warmup_epochs=1), 10)
+    linear = make_lr_lambda(TrainConfig(epochs=4, lr_schedule="linear", warmup_epochs=1), 10)
+    assert cosine(0) == linear(0) == 0.1 and cosine(9) == linear(9) == 1.0
+    assert linear(25) == pytest.approx(0.5) and cosine(25) == pytest.approx(0.5)
+    assert cosine(17) > linear(17) > 0 and cosine(33) < linear(33)
+    assert cosine(39) == pytest.approx(0.5 * (1 + math.cos(math.pi * 29 / 30)))
+    assert linear(40) == cosine(40) == 0.0  # milestones and steps do not apply to them
+    values = [cosine(s) for s in range(10, 40)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_label_smoothing_raises_the_loss_of_a_confident_correct_batch():
+    from ltpa.train.loop import _accumulate
+    from ltpa.train.precision import resolve_precision
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor(1.0))
+
+        def forward(self, x):
+            return type("Out", (), {"logits": x * self.w})()
+
+    logits = torch.tensor([[8.0, 0.0, 0.0], [0.0, 8.0, 0.0]])
+    targets = torch.tensor([0, 1])
+    precision = resolve_precision("fp32", False, "cpu")
+    scaler = precision.grad_scaler()
+    _, plain = _accumulate(Fixed(), logits, targets, precision, scaler, 1)
+    _, smooth = _accumulate(Fixed(), logits, targets, precision, scaler, 1, label_smoothing=0.3)
+    expected = torch.nn.functional.cross_entropy(logits, targets, label_smoothing=0.3)
+    assert smooth == pytest.approx(float(expected)) and smooth > 10 * plain
+
+
 def test_stratified_split_keeps_class_shares_and_is_seeded():
     targets = torch.arange(100) % 4
     train, val = stratified_split(targets, 0.2, seed=3)

@@ -19,6 +19,7 @@ __all__ = ["TrainConfig", "apply_overrides", "resume_config", "RESUMABLE_CHANGES
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESIZE_MODES = ("resize_crop", "bbox_crop", "squash")
 TEST_WEIGHTS = ("auto", "best", "final")
+LR_SCHEDULES = ("step", "cosine", "linear")
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 MAX_CPU_THREADS = 1024
 
@@ -75,6 +76,10 @@ class TrainConfig:
     lr_milestone_gammas: tuple[float, ...] = _in("optimisation", ())  # optional per-milestone factors (else lr_gamma)
     lr_gamma: float = _in("optimisation", 0.5)
     warmup_epochs: float = _in("optimisation", 0.0)  # linear warm-up from ~0 to lr, per optimizer step
+    # "step": lr_step_epochs / lr_milestones (the paper); "cosine" or "linear": from lr after the
+    # warm-up down to 0 at the last step (short budgets; linear + warm-up is a one-cycle triangle)
+    lr_schedule: str = _in("optimisation", "step")
+    label_smoothing: float = _in("optimisation", 0.0)  # cross-entropy target smoothing in [0, 1)
     grad_clip_norm: float = _in("optimisation", 0.0)  # 0 = no clipping
     accumulate_steps: int = _in("optimisation", 1)  # split each batch into this many micro-batches (less memory, same step)
     # transfer (ltpa.transfer): start from another run's weights
@@ -135,7 +140,7 @@ class TrainConfig:
         """
         if not isinstance(data, dict):
             raise ValueError(f"a TrainConfig needs a dict, got {type(data).__name__}")
-        data = _flatten_sections(data)
+        data = flat_config(data)
         hints = _field_types()
         unknown = sorted(set(data) - set(hints))
         if unknown:
@@ -193,6 +198,10 @@ class TrainConfig:
         if self.crop_padding >= self.image_size:
             # the random crop could then miss the image entirely (and padding costs memory)
             raise bad("crop_padding", f"less than image_size={self.image_size} (usually 4 for 32 px)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise bad("lr_schedule", f"one of {LR_SCHEDULES}")
+        if not (math.isfinite(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0):
+            raise bad("label_smoothing", "a fraction in [0, 1), e.g. 0.1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise bad("val_fraction", "a fraction in [0, 1)")
         if self.nesterov and self.momentum == 0:
@@ -256,7 +265,9 @@ class TrainConfig:
 
     def _log_peak_lr(self) -> float:
         """Natural log of the largest lr any parameter group reaches (warm-up only lowers it)."""
-        if self.lr_milestones:
+        if self.lr_schedule != "step":
+            peak = 0.0  # cosine and linear only decay
+        elif self.lr_milestones:
             gammas = self.lr_milestone_gammas or (self.lr_gamma,) * len(self.lr_milestones)
             running = peak = 0.0
             for gamma in gammas:
@@ -277,7 +288,7 @@ def apply_overrides(config: TrainConfig, overrides: list[str] | tuple[str, ...])
     return apply(config, overrides)
 
 
-def _flatten_sections(data: dict[str, Any]) -> dict[str, Any]:
+def flat_config(data: dict[str, Any]) -> dict[str, Any]:
     """The grouped form (``{"model": {...}, ...}``) as flat keys; a flat dict is returned as is.
     The field ``model`` (a name) and the section ``model`` (a dict) are told apart by type."""
     if not any(k in SECTIONS and isinstance(v, dict) for k, v in data.items()):

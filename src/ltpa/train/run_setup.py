@@ -15,7 +15,7 @@ from .._files import atomic_write_bytes, atomic_write_json
 from ..runs.config import TrainConfig
 from .distributed import DistInfo
 from .precision import Precision, describe_environment
-from .run_dir import CLASSES_FILE, RUN_FORMAT, TENSORBOARD_DIR, ZCA_FILE
+from ..runs.layout import CLASSES_FILE, RUN_FORMAT, TENSORBOARD_DIR, ZCA_FILE
 from ..runs.preprocess import save_whitening
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def write_run_files(out_dir: Path, config: TrainConfig, precision: Precision, di
                     previous_environment: dict[str, Any] | None = None, transfer_report=None) -> None:
     """Write the run's records: config, classes, environment (``previous_environment``, read
     on resume, gets this session appended), the fitted ZCA and the transfer report."""
-    atomic_write_json(out_dir / "config.json", config.to_dict())
+    atomic_write_json(out_dir / "config.json", config.to_dict(grouped=True))
     if class_names:  # so that `ltpa attend` and friends can name predictions
         atomic_write_json(out_dir / CLASSES_FILE, list(class_names))
     environment = {**describe_environment(precision), "world_size": dist.world_size}
@@ -159,29 +159,36 @@ class AttentionOverlays:
 def make_lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     """Factor on ``config.lr`` at optimizer step ``s`` (0-based), for ``LambdaLR``.
 
-    Epochs are counted from 1 as in the official Lua code (``if epoch % epoch_step == 0`` at the
-    start of an epoch): the lr is ``lr_gamma ** (epoch // lr_step_epochs)`` during epoch ``epoch``,
-    so with a step of 25 epochs 1-24 run at the full lr and epoch 25 at half. Milestones likewise
-    name the (1-based) epoch that starts with the new lr, one factor per milestone reached
-    (``lr_milestone_gammas`` or ``lr_gamma``). Warm-up multiplies by
-    ``(s + 1) / (warmup_epochs * steps_per_epoch)`` until that reaches 1. A plain function, so the
-    scheduler's state dict stays JSON-friendly.
+    ``lr_schedule="step"``: epochs are counted from 1 as in the official Lua code (``if epoch %
+    epoch_step == 0`` at the start of an epoch): the lr is ``lr_gamma ** (epoch //
+    lr_step_epochs)`` during epoch ``epoch``, so with a step of 25 epochs 1-24 run at the full lr
+    and epoch 25 at half. Milestones likewise name the (1-based) epoch that starts with the new
+    lr, one factor per milestone reached (``lr_milestone_gammas`` or ``lr_gamma``).
+    ``"cosine"`` / ``"linear"``: from 1 after the warm-up down to 0 at the last step of the last
+    epoch (a resume with more epochs stretches the rest of the curve).
+    Warm-up multiplies by ``(s + 1) / (warmup_epochs * steps_per_epoch)`` until that reaches 1.
+    A plain function, so the scheduler's state dict stays JSON-friendly.
     """
     milestones = tuple(config.lr_milestones)
     gammas = tuple(config.lr_milestone_gammas) or (config.lr_gamma,) * len(milestones)
     warm_steps = config.warmup_epochs * steps_per_epoch
+    total_steps = config.epochs * steps_per_epoch
 
-    def factor(step: int) -> float:
+    def decay(step: int) -> float:
+        """The schedule's factor before the warm-up."""
+        if config.lr_schedule != "step":
+            start = min(warm_steps, total_steps - 1)
+            done = min(1.0, max(0.0, (step - start) / max(1.0, total_steps - start)))
+            return 0.5 * (1 + math.cos(math.pi * done)) if config.lr_schedule == "cosine" else 1 - done
         epoch = step // steps_per_epoch + 1  # 1-based, as the official code counts
         if milestones:
-            value = 1.0
-            for milestone, gamma in zip(milestones, gammas):
-                if epoch >= milestone:
-                    value *= gamma
-        elif config.lr_step_epochs > 0:
-            value = config.lr_gamma ** (epoch // config.lr_step_epochs)
-        else:
-            value = 1.0
+            return math.prod(gamma for milestone, gamma in zip(milestones, gammas) if epoch >= milestone)
+        if config.lr_step_epochs > 0:
+            return config.lr_gamma ** (epoch // config.lr_step_epochs)
+        return 1.0
+
+    def factor(step: int) -> float:
+        value = decay(step)
         if warm_steps > 0:
             value *= min(1.0, (step + 1) / warm_steps)
         return value
