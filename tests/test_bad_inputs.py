@@ -233,7 +233,7 @@ def test_a_corrected_rerun_just_works_and_overwrite_replaces_only_then(run_dir, 
     assert main(["-q", "train", "--out", "run", *TINY, "--overwrite", "--set", "accumulate_steps=17"]) == 2
     assert _tree(tmp_path / "run") == before
     assert main(["-q", "train", "--out", "run", *TINY, "--overwrite", "--set", "accumulate_steps=8"]) == 0
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["accumulate_steps"] == 8
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["optimisation"]["accumulate_steps"] == 8
 
 
 # ----------------------------------------------------------------------------- disk full

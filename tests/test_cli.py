@@ -12,6 +12,7 @@ from ltpa.attention import (centre_prior, compute_maps, energy_pointing_game, ga
 from ltpa.cli import main
 from ltpa.data.synthetic import SyntheticLocalisation
 from ltpa.inference import load_trained
+from ltpa.runs.config import TrainConfig
 from ltpa.train import load_checkpoint
 from ltpa.train.precision import cpu_supports_bf16
 
@@ -47,8 +48,8 @@ def test_train_writes_a_complete_run_folder(run_dir):
     for name in ["config.json", "metrics.jsonl", "curves.png", "final_metrics.json", "checkpoints/best.json",
                  "checkpoints/best.safetensors"]:
         assert (run_dir / name).is_file(), name
-    config = json.loads((run_dir / "config.json").read_text())
-    assert config["model_options"]["width"] == 0.0625 and config["epochs"] == 1
+    config = json.loads((run_dir / "config.json").read_text())  # in sections
+    assert config["model"]["model_options"]["width"] == 0.0625 and config["optimisation"]["epochs"] == 1
 
 
 def test_train_refuses_a_folder_that_holds_a_run(run_dir, capsys):
@@ -269,7 +270,7 @@ def test_presets_lists_the_paper_recipes(capsys):
 def test_train_from_a_preset_with_overrides(tmp_path):
     out = tmp_path / "run"
     assert main(["-q", "train", "--preset", "synthetic-vgg-att3", "--out", str(out), *TINY]) == 0
-    config = json.loads((out / "config.json").read_text())
+    config = TrainConfig.from_dict(json.loads((out / "config.json").read_text())).to_dict()
     assert config["model"] == "vgg_att3" and config["model_options"]["dropout"] is False
     assert config["model_options"]["width"] == 0.0625 and config["num_train"] == 64
 

@@ -41,7 +41,7 @@ def write_fake_run(run, *, finished: bool = True, class_names=("cat", "dog", "bi
     when ``finished``, final metrics and a test report."""
     run.mkdir(parents=True)
     config = tiny_config(num_classes=len(class_names), val_fraction=0.25 if val else 0.0, epochs=3,
-                         **config_changes).to_dict()
+                         **config_changes).to_dict(grouped=True)  # as the trainer writes it
     (run / "config.json").write_text(json.dumps(config))
     (run / "environment.json").write_text(json.dumps({"format": "ltpa-run", "device": "cpu", "torch": "2.x",
                                                       "precision": "fp32", "git_commit": "abc123"}))

@@ -78,7 +78,7 @@ def test_strings_from_the_run_are_escaped(tmp_path):
     run = write_fake_run(tmp_path / "run<i>x</i>", class_names=(HOSTILE, "dog & cat", 'say "hi"'),
                          data="synthetic", seed=3)
     config = json.loads((run / "config.json").read_text())
-    config["init"] = "<img src=x onerror=alert(2)>"
+    config["optimisation"]["init"] = "<img src=x onerror=alert(2)>"
     (run / "config.json").write_text(json.dumps(config))
     text = build_report(run).read_text(encoding="utf-8")
     assert HOSTILE not in text and "<img src=x" not in text and "<i>x</i>" not in text
@@ -110,6 +110,17 @@ def test_why_the_tested_epoch_was_chosen(tmp_path):
     assert "the weights of epoch 2, the epoch with the highest validation top-1 accuracy (60.00%)" in best
     final = build_report(write_fake_run(tmp_path / "final", val=False)).read_text(encoding="utf-8")
     assert "no validation split (val_fraction=0)" in final and "epoch 3" in _section(final, "final-metrics")
+
+
+def test_config_in_sections_and_an_earlier_flat_config_read_the_same(tmp_path):
+    grouped = collect_run(write_fake_run(tmp_path / "grouped", seed=7))
+    flat_run = write_fake_run(tmp_path / "flat", seed=7)
+    sections = json.loads((flat_run / "config.json").read_text())
+    (flat_run / "config.json").write_text(json.dumps({k: v for s in sections.values() for k, v in s.items()}))
+    flat = collect_run(flat_run)
+    assert grouped.config == flat.config and grouped.config["seed"] == 7 and grouped.config["model"] == "vgg_att3"
+    text = build_report(tmp_path / "grouped").read_text(encoding="utf-8")
+    assert re.search(r"seed.{0,80}7", _section(text, "config"), re.S)
 
 
 def test_localise_sanity_and_transfer_results_are_shown(tmp_path):

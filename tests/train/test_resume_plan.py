@@ -25,7 +25,7 @@ def test_resume_needs_no_flags_and_keeps_the_saved_epochs(tmp_path, capsys):
     # the README's form: no --set, no --epochs; a finished 1-epoch run stays 1 epoch (not 30)
     assert main(["-q", "train", "--resume", "--out", str(run), "--no-progress"]) == 0
     assert _final(run)["epochs_completed"] == 1
-    assert json.loads((run / "config.json").read_text())["epochs"] == 1
+    assert json.loads((run / "config.json").read_text())["optimisation"]["epochs"] == 1
     # more epochs: the only flag needed
     assert main(["-q", "train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]) == 0
     assert _final(run)["epochs_completed"] == 2

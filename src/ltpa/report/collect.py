@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ltpa.train.checkpoint import latest_checkpoint
-from ltpa.train.run_dir import CHECKPOINT_DIR, CLASSES_FILE, RUN_FORMAT, TENSORBOARD_DIR
+from ltpa.runs.checkpoints import latest_checkpoint
+from ltpa.runs.config import flat_config
+from ltpa.runs.layout import CHECKPOINT_DIR, CLASSES_FILE, RUN_FORMAT, TENSORBOARD_DIR
 
 __all__ = ["RunData", "collect_run", "LOCALISATION_FILE", "SANITY_FILE"]
 
@@ -176,7 +177,12 @@ def collect_run(run_dir: str | Path) -> RunData:
                          "metrics.jsonl); give the folder a training run wrote (`ltpa train`, `ltpa demo`, fit)")
     notes: list[str] = []
     data = RunData(run_dir=run_dir, notes=notes)
-    data.config = _read_dict(run_dir / "config.json", notes)
+    config = _read_dict(run_dir / "config.json", notes)
+    try:
+        data.config = flat_config(config) if config else config  # sections (this version) or flat (earlier)
+    except ValueError as err:
+        notes.append(f"config.json: {err}")
+        data.config = config
     data.environment = _read_dict(run_dir / "environment.json", notes)
     data.is_run = bool(data.environment) and data.environment.get("format") == RUN_FORMAT
     data.metrics = _read_metrics(run_dir / "metrics.jsonl", notes)

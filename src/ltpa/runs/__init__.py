@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "Run": "ltpa.runs.run", "TrainConfig": "ltpa.runs.config",
     "CheckpointStore": "ltpa.runs.checkpoints",
     "OutputFolder": "ltpa.runs.ownership", "FolderBusy": "ltpa.runs.ownership",
     "lock_folder": "ltpa.runs.ownership", "claim_run": "ltpa.runs.ownership",

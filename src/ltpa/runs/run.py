@@ -1,7 +1,10 @@
 """A training run folder as one object: where its config, classes, preprocessing, metrics and
-checkpoints are, and how its model is rebuilt. The ONE place that decides "is this a run?".
+checkpoints are, and how its model is rebuilt.
 
-:meth:`Run.open` takes a run folder or any checkpoint (``RUN/checkpoints/best.json``,
+:meth:`Run.create` makes a folder a run for a writer (the trainer): it checks the folder for the
+mode (``"new"``, ``"resume"``, ``"overwrite"``), takes the folder's lock, marks it as a run in its
+manifest and, only then, removes a replaced run's files; :meth:`Run.close` records the files
+written and releases the lock. :meth:`Run.open` takes a run folder or any checkpoint (``RUN/checkpoints/best.json``,
 ``epoch_0003.safetensors``, a stem, or a checkpoint pair copied elsewhere on its own) and
 returns the run; :meth:`Run.load_model` rebuilds the model with chosen weights and
 :meth:`Run.prepare` turns uint8 images into its input exactly as training did.
@@ -9,6 +12,7 @@ returns the run; :meth:`Run.load_model` rebuilds the model with chosen weights a
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from functools import cached_property
@@ -19,14 +23,13 @@ from torch import Tensor, nn
 
 from .checkpoints import Checkpoint, CheckpointError, CheckpointStore, load_checkpoint, load_model_state
 from .config import TrainConfig
+from .layout import (CHECKPOINT_DIR, CLASSES_FILE, FINAL_METRICS_FILE, METRICS_FILE, MODES, check_run_folder, is_run,
+                     remove_run_files, remove_stale_temporaries, run_files_on_disk)
+from .ownership import FolderLock, claim_run, record_files
 from .preprocess import Preprocessing
 
 __all__ = ["Run", "CHECKPOINT_DIR", "CLASSES_FILE", "METRICS_FILE", "FINAL_METRICS_FILE"]
 
-CHECKPOINT_DIR = "checkpoints"
-CLASSES_FILE = "classes.json"
-METRICS_FILE = "metrics.jsonl"
-FINAL_METRICS_FILE = "final_metrics.json"
 WEIGHTS = ("best", "final", "latest")
 
 
@@ -44,6 +47,61 @@ class Run:
                  loaded: Checkpoint | None = None) -> None:
         self.folder, self.config, self.checkpoint = folder, config, checkpoint
         self.loaded = loaded  # the checkpoint read by open(), kept so load_model() reads it once
+        self.action: str | None = None  # create(): "new", "resume", "overwrite" or "beside"
+        self.stale_temporaries: list[Path] = []  # create(): left by an interrupted write, removed
+        self._lock: FolderLock | None = None
+
+    # -- writing (the trainer)
+    @classmethod
+    def create(cls, config: TrainConfig, out: str | os.PathLike, mode: str = "new", *,
+               command: str | None = None) -> Run:
+        """Make ``out`` the folder of a training run of ``config`` and hold it for writing.
+
+        ``mode``: ``"new"`` (``out`` is new or empty; with foreign files only when nothing of
+        theirs would be replaced, action ``"beside"``), ``"resume"`` (``out`` is a run) or
+        ``"overwrite"`` (a run there is replaced: only its own files are removed, after the
+        lock is held). A folder written by an analysis command is never used.
+
+        Raises:
+            UserError / ValueError: the folder may not be used in this mode (nothing changed).
+            FolderBusy: another process writes this run now.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not one of {MODES}")
+        out = Path(out)
+        check = dict(resume=mode == "resume", overwrite=mode == "overwrite")
+        action = check_run_folder(out, **check)  # refuse before the lock creates the folder
+        lock = claim_run(out, command=command)
+        try:
+            check_run_folder(out, **check)  # again, holding the lock: the folder may have changed
+            if action == "overwrite":
+                remove_run_files(out)
+            run = cls(out, config, None)
+            run.action, run._lock = action, lock
+            if action == "resume":
+                run.stale_temporaries = remove_stale_temporaries(out)
+        except BaseException:
+            lock.release()
+            raise
+        return run
+
+    def close(self) -> None:
+        """Record the run's files in its manifest and release the lock (a no-op for a run
+        that :meth:`open` returned)."""
+        if self._lock is None:
+            return
+        try:
+            with contextlib.suppress(OSError, ValueError):  # the manifest is informative here
+                record_files(self.folder, run_files_on_disk(self.folder))
+        finally:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- opening
     @classmethod
@@ -196,7 +254,7 @@ def _run_folder_of(path: Path) -> Path | None:
     if parent.name == CHECKPOINT_DIR:
         candidates.append(parent.parent)
     for folder in candidates:
-        if (folder / "config.json").is_file() or (folder / CHECKPOINT_DIR).is_dir():
+        if is_run(folder) or (folder / "config.json").is_file() or (folder / CHECKPOINT_DIR).is_dir():
             return Path(folder)
     return None
 

@@ -27,7 +27,7 @@ from .data_setup import BatchLoader, build_data
 from .distributed import DistInfo, all_reduce_sum, gather_objects
 from .meters import accuracy_ks, topk_correct
 from .precision import Precision, resolve_precision
-from .run_dir import CLASSES_FILE
+from ..runs.layout import CLASSES_FILE
 from ..errors import Option, UserError
 
 __all__ = ["evaluate", "Predictions", "predict", "classification_report", "write_report",

@@ -1,6 +1,6 @@
 """The trainer, top to bottom: ``train_one_epoch``, ``make_lr_lambda``, ``fit``.
 
-``fit`` writes a run folder (layout in :mod:`ltpa.train.run_dir`). Under torchrun it trains
+``fit`` writes a run folder (layout in :mod:`ltpa.runs.layout`). Under torchrun it trains
 data-parallel (:mod:`ltpa.train.distributed`): every rank trains on its shard, rank 0 alone
 logs and writes, and evaluation counts every sample once across ranks.
 """
@@ -27,15 +27,14 @@ from tqdm.auto import tqdm
 from .._files import atomic_write_json
 from ..runs.checkpoints import CheckpointStore, latest_checkpoint, load_checkpoint, load_model_state
 from ..runs.config import TrainConfig
-from ..runs.ownership import claim_run, record_files
+from ..runs.run import Run
 from .data_setup import BatchLoader
 from .distributed import DistInfo, all_reduce_sum, barrier, distributed, read_dist_env
 from .evaluation import classification_report, evaluate, predict, write_report
 from .interrupt import TrainingInterrupted
 from .meters import topk_correct
 from .precision import Precision, algorithm_settings
-from .run_dir import (CHECKPOINT_DIR, RUN_FILES, TENSORBOARD_DIR, remove_run_files, remove_stale_temporaries,
-                      run_logging)
+from .run_dir import CHECKPOINT_DIR, run_logging
 from .run_plan import RunPlan, plan_run, saved_config
 from .run_setup import make_lr_lambda, write_run_files
 from .state import TrainState
@@ -122,7 +121,8 @@ def _hints(config: TrainConfig | None) -> str:
 
 
 def _accumulate(model: nn.Module, images: Tensor, targets: Tensor, precision: Precision,
-                scaler: torch.amp.GradScaler, micro_batches: int) -> tuple[Tensor, Tensor]:
+                scaler: torch.amp.GradScaler, micro_batches: int, *,
+                label_smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
     """Forward and backward of one batch in ``micro_batches`` chunks, gradients summed as for
     the whole batch (each chunk's mean loss weighted by its share). Under DDP the gradients are
     all-reduced once, after the last chunk. BatchNorm sees each chunk as its own batch.
@@ -141,7 +141,8 @@ def _accumulate(model: nn.Module, images: Tensor, targets: Tensor, precision: Pr
         with sync:
             with precision.autocast():
                 logits = model(chunk_images).logits  # (b, K)
-                loss = F.cross_entropy(logits.float(), chunk_targets) * (len(chunk_targets) / len(targets))
+                loss = F.cross_entropy(logits.float(), chunk_targets, label_smoothing=label_smoothing)
+                loss = loss * (len(chunk_targets) / len(targets))
             scaler.scale(loss).backward()
         logits_parts.append(logits.detach())
         loss_total = loss_total + loss.detach()
@@ -186,6 +187,7 @@ def train_one_epoch(
     """
     dist = dist or _SINGLE
     accumulate = config.accumulate_steps if config is not None else 1
+    smoothing = config.label_smoothing if config is not None else 0.0
     model.train()
     device = precision.device
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, seen
@@ -199,7 +201,8 @@ def train_one_epoch(
     try:
         for i, (images, targets) in enumerate(loader, start=first):
             optimizer.zero_grad(set_to_none=True)
-            logits, loss = _accumulate(model, images, targets, precision, scaler, accumulate)
+            logits, loss = _accumulate(model, images, targets, precision, scaler, accumulate,
+                                       label_smoothing=smoothing)
             if grad_clip_norm > 0:
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
@@ -268,7 +271,7 @@ def fit(config: TrainConfig | None, out_dir: str | os.PathLike, *, resume: bool 
         config: the run's settings; validated, and ``mean``/``std`` computed on the train split
             when None. With ``resume``, None continues the run's saved plan (its config.json,
             epochs included); a config given then may differ only in ``RESUMABLE_CHANGES``.
-        out_dir: the run folder (see :mod:`ltpa.train.run_dir`). Must be new or empty unless
+        out_dir: the run folder (see :mod:`ltpa.runs.layout`). Must be new or empty unless
             ``resume`` or ``overwrite``.
         resume: continue the run in ``out_dir`` from its last checkpoint (model, optimizer,
             scheduler, scaler, epoch, step and RNG states; ZCA from the run), with
@@ -324,59 +327,31 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
 
 
 def _train(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
-    """Hold the run folder's lock while writing: a second writer fails at once (FolderBusy),
-    and the folder's manifest marks it as a run that analysis commands refuse to write into."""
-    lock = claim_run(plan.out_dir, command="ltpa train") if dist.is_main else None
-    try:
-        return _train_locked(plan, dist, progress=progress)
-    finally:
-        if lock is not None:
-            with contextlib.suppress(OSError, ValueError):  # the manifest is informative only here
-                record_files(plan.out_dir, _run_files(plan.out_dir))
-            lock.release()
-
-
-def _run_files(out_dir: Path) -> list[str]:
-    """The run's own files now on disk, relative to the folder, for its manifest."""
-    names = [name for name in RUN_FILES if (out_dir / name).is_file()]
-    for folder in (CHECKPOINT_DIR, TENSORBOARD_DIR):
-        if (out_dir / folder).is_dir():
-            names += [f"{folder}/{p.name}" for p in sorted((out_dir / folder).iterdir())
-                      if p.is_file() and not p.name.startswith(".")]
-    return names
-
-
-def _train_locked(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
-    """Make the folder ready, then: build the train state, loop over the epochs, test."""
+    """Create the run (rank 0 holds its folder: a second writer fails at once with FolderBusy,
+    and the manifest marks it as a run the analysis commands refuse to write into), build the
+    train state, loop over the epochs, test."""
     config, main = plan.config, dist.is_main
-    stale = _prepare_folder(plan) if main else []
-    barrier(dist)
-    log_to_file = run_logging(plan.out_dir, plan.log_records) if main else contextlib.nullcontext()
-    with log_to_file, algorithm_settings(config.deterministic, plan.precision.device, config.cpu_threads):
-        _begin(plan, dist, stale)
-        state = TrainState(plan, dist, progress=progress, train_one_epoch=train_one_epoch, evaluate=evaluate)
-        try:
-            for epoch in range(plan.start_epoch + 1, config.epochs + 1):
-                train = state.train_epoch(epoch)
-                val = state.validate()
-                state.end_epoch(epoch, train, val)
-                _check_stuck(config, epoch, train["loss"])
-            state.stop.uninstall()  # a signal during the final test stops it the usual way
-            barrier(dist)  # the checkpoints rank 0 wrote are complete
-            return _final_test(config, plan.out_dir, plan.model, state.eval_model, plan.test_loader,
-                               plan.precision, state.records, plan.data.class_names, dist,
-                               has_val=state.has_val, best_epoch=state.best_epoch)
-        finally:
-            state.close()
-
-
-def _prepare_folder(plan: RunPlan) -> list[Path]:
-    """Rank 0, once every check passed: remove a replaced run's files, create the folder, and
-    on resume remove temporaries an interrupted write left. Returns those temporaries."""
-    if plan.action == "overwrite":
-        remove_run_files(plan.out_dir)
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
-    return remove_stale_temporaries(plan.out_dir) if plan.action == "resume" else []
+    mode = {"new": "new", "beside": "overwrite", "resume": "resume", "overwrite": "overwrite"}[plan.action]
+    run = Run.create(config, plan.out_dir, mode, command="ltpa train") if main else None
+    with run or contextlib.nullcontext():
+        barrier(dist)
+        log_to_file = run_logging(plan.out_dir, plan.log_records) if main else contextlib.nullcontext()
+        with log_to_file, algorithm_settings(config.deterministic, plan.precision.device, config.cpu_threads):
+            _begin(plan, dist, run.stale_temporaries if run is not None else [])
+            state = TrainState(plan, dist, progress=progress, train_one_epoch=train_one_epoch, evaluate=evaluate)
+            try:
+                for epoch in range(plan.start_epoch + 1, config.epochs + 1):
+                    train = state.train_epoch(epoch)
+                    val = state.validate()
+                    state.end_epoch(epoch, train, val)
+                    _check_stuck(config, epoch, train["loss"])
+                state.stop.uninstall()  # a signal during the final test stops it the usual way
+                barrier(dist)  # the checkpoints rank 0 wrote are complete
+                return _final_test(config, plan.out_dir, plan.model, state.eval_model, plan.test_loader,
+                                   plan.precision, state.records, plan.data.class_names, dist,
+                                   has_val=state.has_val, best_epoch=state.best_epoch)
+            finally:
+                state.close()
 
 
 def _begin(plan: RunPlan, dist: DistInfo, stale: list[Path]) -> None:

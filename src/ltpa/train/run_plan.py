@@ -28,7 +28,8 @@ from .data_setup import BatchLoader, DataSplits, build_data, channel_mean_std
 from .distributed import DistInfo
 from .evaluation import build_model
 from .precision import Precision, resolve_precision
-from .run_dir import CHECKPOINT_DIR, ZCA_FILE, check_out_dir, collect_log_records
+from ..runs.layout import CHECKPOINT_DIR, ZCA_FILE, check_run_folder
+from .run_dir import collect_log_records
 from .run_setup import load_transfer_source, make_lr_lambda, param_groups, transfer_init
 from ..errors import Option, Setting, UserError
 
@@ -44,7 +45,7 @@ class RunPlan:
     Attributes:
         config: the resolved config (the run's own on resume; mean/std filled in).
         out_dir: the run folder; action: ``"new"``, ``"resume"``, ``"overwrite"`` or
-            ``"beside"`` (see :func:`~ltpa.train.run_dir.check_out_dir`).
+            ``"beside"`` (see :func:`~ltpa.runs.layout.check_run_folder`).
         precision: device and numerics.
         data: the splits; model: on the device, ``config.init`` loaded, ``freeze`` applied.
         zca: the whitening fitted on the train split, to save (None on resume or without ZCA);
@@ -98,7 +99,7 @@ def plan_run(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool
 
     Raises:
         ValueError: anything that would stop the run before its first step: the folder (see
-            ``check_out_dir``), an unreadable run file on resume, a config that differs from the
+            ``check_run_folder``), an unreadable run file on resume, a config that differs from the
             run's, data with another number of classes or an empty split, a bad transfer or
             freeze pattern, a batch larger than the training set, micro-batches BatchNorm cannot
             train on, a checkpoint whose states do not fit.
@@ -111,7 +112,7 @@ def plan_run(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool
 
 
 def _plan(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, overwrite: bool) -> RunPlan:
-    action = check_out_dir(out_dir, resume=resume, overwrite=overwrite)
+    action = check_run_folder(out_dir, resume=resume, overwrite=overwrite)
     previous_environment = None
     if resume:
         config = resume_config(saved_config(out_dir), config).validate()

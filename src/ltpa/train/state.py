@@ -25,7 +25,7 @@ from .distributed import DistInfo, all_reduce_sum, broadcast_buffers
 from .interrupt import StopRequest, TrainingInterrupted
 from .meters import append_jsonl
 from .plots import plot_curves
-from .run_dir import CHECKPOINT_DIR
+from ..runs.layout import CHECKPOINT_DIR
 from .run_plan import RunPlan
 from .run_setup import AttentionOverlays, head_only, log_scalars, tensorboard, wrap
 
