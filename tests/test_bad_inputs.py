@@ -273,7 +273,7 @@ def test_a_full_disk_names_the_file_and_how_to_resume(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "Traceback" not in err and "[Errno" not in err
     assert f"cannot write {out / 'checkpoints' / 'epoch_0002.safetensors'}: the disk is full" in err
-    assert f"(epoch_0001) with resume=True (ltpa train --out {out} --resume)" in err
+    assert f"continue the run from the last complete checkpoint (epoch_0001): ltpa train --out {out} --resume" in err
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     monkeypatch.undo()
     assert main(["-q", "train", "--out", str(out), *TINY, "--epochs", "3", "--resume"]) == 0
@@ -294,8 +294,11 @@ def test_a_file_size_limit_stops_the_run_with_one_line(tmp_path):
     err = done.stderr.strip()
     assert done.returncode == 2 and err.count("\n") == 0 and "Traceback" not in err, err
     assert f"cannot write {out / 'checkpoints' / 'epoch_0001.safetensors'}: the file would exceed" in err
-    assert "no epoch checkpoint was completed" in err and "--overwrite" in err
+    assert "from epoch 1 (no checkpoint was completed)" in err and err.endswith(f"ltpa train --out {out} --resume")
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    # the fix it names works: with room again, the same run continues to its end
+    assert main(["-q", "train", "--out", str(out), *TINY, "--resume"]) == 0
+    assert (out / "final_metrics.json").is_file()
 
 
 # ----------------------------------------------------------------------------- quiet mistakes

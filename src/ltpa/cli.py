@@ -453,9 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _describe(err: Exception) -> str:
     """One line for the user; OS errors name the path and what the system said, a
     :class:`ltpa.errors.UserError` gives its fix as flags (``--set lr=0.01``, ``--overwrite``)."""
-    from .errors import MissingFileError, UserError
+    from .errors import Remedied
 
-    if isinstance(err, (UserError, MissingFileError)):
+    if isinstance(err, Remedied):
         text = err.render(cli=True)
     elif isinstance(err, OSError) and err.strerror:
         text = f"{err.strerror}: {err.filename}" if err.filename else err.strerror

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["UserError", "MissingFileError", "Remedy", "Setting", "Option", "Phrase", "render_error"]
+__all__ = ["Remedied", "UserError", "MissingFileError", "Remedy", "Setting", "Option", "Phrase", "render_error"]
 
 
 class Remedy:
@@ -98,8 +98,9 @@ def _text(value: Any, cli: bool) -> str:
     return str(value)
 
 
-class _Remedied:
-    """The message-with-remedies behaviour shared by :class:`UserError` and :class:`MissingFileError`."""
+class Remedied:
+    """The message-with-remedies behaviour shared by :class:`UserError`, :class:`MissingFileError`
+    and the trainer's stop errors; mix it in before the exception type."""
 
     def __init__(self, *parts: str | Remedy):
         for part in parts:
@@ -124,7 +125,10 @@ class _Remedied:
         return (type(self), self.parts)
 
 
-class UserError(_Remedied, ValueError):
+_Remedied = Remedied  # the earlier name
+
+
+class UserError(Remedied, ValueError):
     """A ``ValueError`` whose message is text parts and :class:`Remedy` parts.
 
     Args:
@@ -132,11 +136,11 @@ class UserError(_Remedied, ValueError):
     """
 
 
-class MissingFileError(_Remedied, FileNotFoundError):
+class MissingFileError(Remedied, FileNotFoundError):
     """A ``FileNotFoundError`` whose message is text parts and :class:`Remedy` parts (as
     :class:`UserError`), for files the user can fetch or create."""
 
 
 def render_error(err: BaseException, *, cli: bool = False) -> str:
     """``err``'s message, its remedies rendered for the command line when ``cli``."""
-    return err.render(cli=cli) if isinstance(err, _Remedied) else str(err)
+    return err.render(cli=cli) if isinstance(err, Remedied) else str(err)

@@ -156,7 +156,9 @@ def test_nan_loss_stops_the_run_at_once(tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match="training loss became nan in epoch 1 \\(batch 1 of") as err:
         fit(_config(epochs=3), tmp_path / "run", progress=False)
     assert "lower the learning rate" in str(err.value)
-    assert "model_options.grad_average=true" in str(err.value)
+    # library terms in the library, flags on the command line
+    assert "set model_options.grad_average=True in the config" in str(err.value) and "--set" not in str(err.value)
+    assert "pass --set model_options.grad_average=true" in err.value.render(cli=True)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -176,6 +178,8 @@ def test_loss_stuck_at_chance_stops_after_the_warmup(tmp_path, monkeypatch):
     with pytest.raises(TrainingDiverged, match=r"after 2 epoch\(s\) the training loss is 1.3863") as err:
         fit(_config(epochs=5, stuck_warmup_epochs=2), tmp_path / "run", progress=False)
     assert "check the input normalisation" in str(err.value)
+    assert "set divergence_check=False in the config" in str(err.value)
+    assert "pass --set divergence_check=false" in err.value.render(cli=True)
     assert [r["epoch"] for r in _records(tmp_path / "run")] == [1, 2]
     # divergence_check=false lets the same run finish
     fit(_config(epochs=3, stuck_warmup_epochs=2, divergence_check=False), tmp_path / "run2",

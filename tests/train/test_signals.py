@@ -108,3 +108,27 @@ def test_sigkill_after_a_step_checkpoint_resumes_from_it_bit_identically(tmp_pat
     assert main(["-q", "train", "--resume", "--out", str(run), "--no-progress"]) == 0
     _assert_same_weights(run, uninterrupted)
     assert "resumed from" in (run / "train.log").read_text()
+
+
+def test_checkpoint_every_minutes_saves_mid_epoch_by_rank_0s_clock(tmp_path, monkeypatch):
+    import ltpa.train.state as state
+
+    class Clock:  # 61 s pass between any two readings
+        now = 0.0
+
+        def monotonic(self):
+            Clock.now += 61.0
+            return Clock.now
+
+    config = TrainConfig(**{**CONFIG, "epochs": 2, "checkpoint_every_minutes": 1.0})
+    monkeypatch.setattr(state, "time", Clock())
+    fit(config, tmp_path / "timed", progress=False)
+    log = (tmp_path / "timed" / "train.log").read_text()
+    saved = [line.split("checkpoint ")[1].split(" ")[0] for line in log.splitlines() if "mid-epoch checkpoint" in line]
+    # after batches 1 and 2 of each 3-batch epoch; the epoch's own save covers batch 3
+    assert saved == ["step_00000001", "step_00000002", "step_00000004", "step_00000005"]
+    monkeypatch.undo()
+    fit(TrainConfig(**{**CONFIG, "epochs": 2, "checkpoint_every_minutes": 60.0}), tmp_path / "quiet", progress=False)
+    assert "mid-epoch checkpoint" not in (tmp_path / "quiet" / "train.log").read_text()
+    with pytest.raises(ValueError, match="checkpoint_every_minutes"):
+        TrainConfig(checkpoint_every_minutes=-1).validate()

@@ -105,6 +105,7 @@ class TrainConfig:
     # outputs
     keep_last: int = _in("run", 2)  # epoch checkpoints kept (plus the best one); 0 = keep all
     checkpoint_every_steps: int = _in("run", 0)  # > 0: also a mid-epoch checkpoint every this many steps
+    checkpoint_every_minutes: float = _in("run", 0.0)  # > 0: also one when this long passed since the last save
     tensorboard: bool = _in("run", True)  # TensorBoard event files in RUN/tb (rank 0)
     test_weights: str = _in("run", "auto")  # "best" (by val acc), "final", or "auto" = best if val set
 
@@ -179,7 +180,7 @@ class TrainConfig:
         for key in ("lr", "lr_gamma", "stuck_tolerance", "zca_epsilon"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
                 raise bad(key, "a finite number > 0")
-        for key in ("momentum", "weight_decay", "warmup_epochs", "grad_clip_norm"):
+        for key in ("momentum", "weight_decay", "warmup_epochs", "grad_clip_norm", "checkpoint_every_minutes"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
                 raise bad(key, "a finite number >= 0")
         # The optimizer multiplies float32 tensors by these: a larger value overflows mid-step.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from ..runs.run import Run
 from .data_setup import BatchLoader
 from .distributed import DistInfo, all_reduce_sum, barrier, distributed, read_dist_env
 from .evaluation import classification_report, evaluate, predict, write_report
+from .failures import DISK_FULL_ERRNOS, DiskFull, TrainingDiverged, check_stuck, diverged, disk_full
 from .interrupt import TrainingInterrupted
 from .meters import topk_correct
 from .precision import Precision, algorithm_settings
@@ -44,10 +44,6 @@ __all__ = ["TrainingDiverged", "TrainingInterrupted", "RunResult", "train_one_ep
 
 logger = logging.getLogger(__name__)
 _SINGLE = DistInfo()
-
-
-class TrainingDiverged(RuntimeError):
-    """Training stopped because the loss became NaN/inf or never left chance level."""
 
 
 @dataclass
@@ -85,39 +81,6 @@ class RunResult:
 
 
 # ----------------------------------------------------------------------------- one epoch
-
-
-def _unusual_settings(config: TrainConfig) -> list[str]:
-    """Settings far from the usual recipes that can make a run blow up or stall."""
-    found = []
-    if config.lr > 1.0:
-        found.append(f"lr={config.lr:g} (the paper's recipes use 0.1-1)")
-    if config.momentum > 0.95:
-        found.append(f"momentum={config.momentum:g} (usually 0.9; near 1 every step adds up "
-                     f"all the earlier ones, try --set momentum=0.9)")
-    if config.weight_decay > 0.01:
-        found.append(f"weight_decay={config.weight_decay:g} (usually 5e-4)")
-    if config.lr_gamma > 1 or any(g > 1 for g in config.lr_milestone_gammas):
-        found.append("an lr_gamma/lr_milestone_gammas above 1, which raises the lr at each step")
-    found += [f"lr_multipliers {pattern!r}: {factor:g} (raises that group's lr)"
-              for pattern, factor in config.lr_multipliers.items() if factor > 1]
-    if config.std is not None and min(config.std) < 0.02:
-        found.append(f"std={tuple(config.std)} (tiny values blow the inputs up; usually about 0.25)")
-    return found
-
-
-def _hints(config: TrainConfig | None) -> str:
-    unusual = _unusual_settings(config) if config is not None else []
-    first = ("Unusual settings that can cause this: " + "; ".join(unusual) + ". Otherwise: "
-             if unusual else "Things to try: ")
-    lr = f" (now {config.lr:g})" if config is not None else ""
-    return first + (
-        f"lower the learning rate{lr}, e.g. --set lr=0.01; for softmax-attention "
-        "models trained with the official lr=1.0 recipe, enable the gradient averaging of the "
-        "original code (--set model_options.grad_average=true) or use lr=0.1; add warm-up "
-        "(--set warmup_epochs=1) or gradient clipping (--set grad_clip_norm=5); check the input "
-        "normalisation (mean/std in config.json should match the data)."
-    )
 
 
 def _accumulate(model: nn.Module, images: Tensor, targets: Tensor, precision: Precision,
@@ -244,8 +207,7 @@ def _check_loss(sums: Tensor, dist: DistInfo, bar, elapsed: float, config: Train
     total = all_reduce_sum(sums.clone(), dist)
     mean_loss, correct, seen = total[0].item() / total[2].item(), total[1].item(), total[2].item()
     if not math.isfinite(mean_loss):
-        raise TrainingDiverged(f"the training loss became {mean_loss} {where}: the weights have blown up, "
-                               f"so the run was stopped. " + _hints(config))
+        raise diverged(mean_loss, where, config)
     bar.set_postfix(loss=f"{mean_loss:.4f}", acc=f"{100.0 * correct / seen:.1f}%",
                     img_s=f"{seen / max(elapsed, 1e-9):.0f}")
 
@@ -321,9 +283,9 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
     try:
         return _train(plan, dist, progress=progress)
     except OSError as err:
-        if err.errno not in _DISK_FULL:
+        if err.errno not in DISK_FULL_ERRNOS or isinstance(err, DiskFull):
             raise
-        raise _disk_full(err, out_dir, latest_checkpoint(out_dir / CHECKPOINT_DIR)) from err
+        raise disk_full(err, out_dir, latest_checkpoint(out_dir / CHECKPOINT_DIR)) from err
 
 
 def _train(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
@@ -344,7 +306,7 @@ def _train(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
                     train = state.train_epoch(epoch)
                     val = state.validate()
                     state.end_epoch(epoch, train, val)
-                    _check_stuck(config, epoch, train["loss"])
+                    check_stuck(config, epoch, train["loss"])
                 state.stop.uninstall()  # a signal during the final test stops it the usual way
                 barrier(dist)  # the checkpoints rank 0 wrote are complete
                 return _final_test(config, plan.out_dir, plan.model, state.eval_model, plan.test_loader,
@@ -383,42 +345,8 @@ def _begin(plan: RunPlan, dist: DistInfo, stale: list[Path]) -> None:
         say("resumed from %s: epoch %d, step %d", plan.resumed.path, plan.start_epoch, plan.step)
 
 
-# A write that failed for lack of space: the run can continue once there is room again.
-_DISK_FULL = {errno.ENOSPC: ("the disk is full", "free some space"),
-              errno.EDQUOT: ("the disk quota is used up", "free some space"),
-              errno.EFBIG: ("the file would exceed this system's file size limit",
-                            "raise the limit (ulimit -f)")}
-
-
-def _disk_full(err: OSError, out_dir: Path, latest: Path | None) -> OSError:
-    where = err.filename or f"into {out_dir}"
-    reason, remedy = _DISK_FULL[err.errno]
-    if latest is not None:
-        how = (f"{remedy}, then continue from the last complete checkpoint ({latest.stem}) with "
-               f"resume=True (ltpa train --out {out_dir} --resume)")
-    else:
-        how = (f"no epoch checkpoint was completed, so {remedy} and start again with "
-               f"overwrite=True (ltpa train ... --out {out_dir} --overwrite)")
-    return OSError(err.errno, f"cannot write {where}: {reason} ({err.strerror}). Files are written "
-                              f"whole or not at all: {how}")
-
-
 def _quiet(*_args: Any) -> None:
     """Logging on ranks other than 0: nothing."""
-
-
-def _check_stuck(config: TrainConfig, epoch: int, train_loss: float) -> None:
-    chance = math.log(config.num_classes)
-    if (config.divergence_check and epoch >= max(config.stuck_warmup_epochs, 1)
-            and abs(train_loss - chance) < config.stuck_tolerance):
-        raise TrainingDiverged(
-            f"after {epoch} epoch(s) the training loss is {train_loss:.4f}, within "
-            f"{config.stuck_tolerance} of ln({config.num_classes}) = {chance:.4f}, the loss of a "
-            f"uniform guess: the model is not learning, so the run was stopped (its checkpoints "
-            f"are kept). " + _hints(config)
-            + f" To allow more epochs at chance, raise stuck_warmup_epochs (now "
-            f"{config.stuck_warmup_epochs}) or set divergence_check=false."
-        )
 
 
 def _final_test(config: TrainConfig, out_dir: Path, model: nn.Module, eval_model: nn.Module,

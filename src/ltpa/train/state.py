@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ class TrainState:
         self.has_val = len(plan.data.val_targets) > 0
         self.step, self.best_acc, self.best_epoch = plan.step, plan.best_acc, plan.best_epoch
         self.records = list(plan.records)
+        self.saved_at = time.monotonic()  # of the last checkpoint (checkpoint_every_minutes counts from it)
         self.position = plan.position  # a mid-epoch checkpoint's: the first epoch continues there
         self.metrics_path = plan.out_dir / "metrics.jsonl"
         resume = plan.action == "resume"
@@ -127,6 +129,7 @@ class TrainState:
         self.overlays.log(self.writer, plan.model, epoch)  # after validation: the same images every epoch
         metrics = {**{k: v for k, v in record.items() if k not in ("epoch", "step")}, **self.best_metrics()}
         # one commit: the epoch's pair, then the record naming latest and best
+        self.saved_at = time.monotonic()
         self.store.save(f"epoch_{epoch:04d}", best_metric=val["acc1"] if self.has_val else None,
                         keep_last=config.keep_last, model=plan.model, optimizer=plan.optimizer,
                         scheduler=plan.scheduler, scaler=plan.scaler, config=config.to_dict(),
@@ -140,22 +143,28 @@ class TrainState:
 
 class _StepCheckpoints:
     """``after_step`` of ``train_one_epoch``: a mid-epoch checkpoint every
-    ``checkpoint_every_steps`` steps and when a stop was requested (then it says stop)."""
+    ``checkpoint_every_steps`` steps, when ``checkpoint_every_minutes`` passed since the last
+    save (rank 0's clock decides for every rank), and when a stop was requested (then it says
+    stop)."""
 
     def __init__(self, state: TrainState, *, epoch: int, lr: float) -> None:
         self.state, self.epoch, self.lr = state, epoch, lr
         self.last: Path | None = None
 
     def __call__(self, position: dict[str, Any]) -> bool:
-        state, plan = self.state, self.state.plan
+        state, plan, config = self.state, self.state.plan, self.state.plan.config
+        mid_epoch = position["batch"] < len(plan.train_loader)  # the epoch's own save follows otherwise
         stop = state.stop.signum is not None
-        if state.dist.enabled:  # every rank stops after the same step
-            flag = torch.tensor([float(stop)], dtype=torch.float64, device=plan.precision.device)
-            stop = all_reduce_sum(flag, state.dist).item() > 0
-        every, step = plan.config.checkpoint_every_steps, state.step + position["steps"]
-        due = every > 0 and step % every == 0 and position["batch"] < len(plan.train_loader)
+        late = (config.checkpoint_every_minutes > 0 and state.dist.is_main and mid_epoch
+                and time.monotonic() - state.saved_at >= 60 * config.checkpoint_every_minutes)
+        if state.dist.enabled:  # every rank stops, and saves, after the same step
+            flags = torch.tensor([float(stop), float(late)], dtype=torch.float64, device=plan.precision.device)
+            stop, late = (bool(v > 0) for v in all_reduce_sum(flags, state.dist).tolist())
+        every, step = config.checkpoint_every_steps, state.step + position["steps"]
+        due = late or (every > 0 and step % every == 0 and mid_epoch)
         if not (stop or due):
             return False
+        state.saved_at = time.monotonic()
         if state.dist.is_main:
             self.last = state.store.save(
                 f"step_{step:08d}", keep_last=plan.config.keep_last, model=plan.model,
