@@ -94,6 +94,12 @@ def _edited_checkpoint(**changes) -> Callable[[Path, Path], None]:
     return setup
 
 
+def _mask_folder(work: Path, run: Path) -> None:
+    for sub, mode in (("images", "RGB"), ("masks", "L")):
+        (work / "gt" / sub).mkdir(parents=True)
+        Image.new(mode, (32, 32)).save(work / "gt" / sub / "a.png")
+
+
 def _read_only_folder(work: Path, run: Path) -> None:
     (work / "locked").mkdir()
     os.chmod(work / "locked", 0o555)
@@ -139,8 +145,11 @@ CASES = [
     Case("device unknown", _train("--set", "device=tpu"), "device 'tpu'"),
     Case("crop padding beyond the image", _train("--set", "crop_padding=100000"), "crop_padding=100000 is invalid"),
     # checks that used to run after the run folder was written
+    Case("train on a mask folder", _train("--data", "masks:gt"),
+         "is a folder of images with ground-truth masks, for scoring attention with localise", _mask_folder),
     Case("batch larger than the data", _train("--set", "batch_size=100000"), "fewer than a batch of 100000"),
-    Case("accumulation beyond the batch", _train("--set", "accumulate_steps=17"), "accumulate_steps=17 splits"),
+    Case("accumulation beyond the batch", _train("--set", "accumulate_steps=17"),
+         "BatchNorm cannot train on: pass --set accumulate_steps=8 or less"),
     Case("last batch of one image", _train("--set", "drop_last=false", "--set", "batch_size=5"),
          "would hold a single image"),
     Case("freeze pattern", _train("--freeze", "trunkk"), "'trunkk' match no parameter"),

@@ -24,6 +24,7 @@ from torch import nn
 from ..runs.checkpoints import Checkpoint, latest_checkpoint, load_checkpoint, load_model_state
 from ..runs.config import TrainConfig, resume_config
 from ..runs.preprocess import fit_whitening, load_whitening_state
+from ..data.sources import parse_data_spec
 from .data_setup import BatchLoader, DataSplits, build_data, channel_mean_std
 from .distributed import DistInfo
 from .evaluation import build_model
@@ -129,6 +130,7 @@ def _plan(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, o
         torch.manual_seed(config.seed)
         random.seed(config.seed + dist.rank)
         np.random.seed((config.seed + dist.rank) % 2**32)
+    _refuse_evaluation_only_data(config)
     model = build_model(config)
     data = build_data(config)
     _check_data(config, data)
@@ -278,6 +280,20 @@ def _check_data(config: TrainConfig, data: DataSplits) -> None:
                              f"val_fraction ({data.describe()}); give it images or change those settings")
 
 
+def _refuse_evaluation_only_data(config: TrainConfig) -> None:
+    """``masks:`` folders hold ground truth to score attention on (every image is in their test
+    split), so there is nothing to train on: say that, not "num_classes" or "empty split"."""
+    try:
+        spec = parse_data_spec(config.data)
+    except ValueError:
+        return  # build_data reports a malformed spec with its own message
+    if spec.name == "masks":
+        raise UserError(f"data={config.data!r} is a folder of images with ground-truth masks, for scoring "
+                        f"attention with localise; it has no train split. Train on the "
+                        f"labelled data the images come from: ", Setting("data", "cifar100:PATH"),
+                        ", cub:PATH, folder:PATH, synthetic")
+
+
 def _check_micro_batches(config: TrainConfig, model: nn.Module, loader: BatchLoader, dist: DistInfo) -> None:
     """BatchNorm cannot train on one image (one value per channel), so every micro-batch needs
     two: a full batch split ``accumulate_steps`` ways, and the last batch of an epoch."""
@@ -286,16 +302,16 @@ def _check_micro_batches(config: TrainConfig, model: nn.Module, loader: BatchLoa
     per_rank = config.batch_size // dist.world_size
     ranks = f" per process ({dist.world_size} processes)" if dist.world_size > 1 else ""
     if per_rank < 2:
-        raise ValueError(f"batch_size={config.batch_size} gives batches of one image{ranks}, which "
-                         f"BatchNorm cannot train on; use --set batch_size={2 * dist.world_size} or more")
+        raise UserError(f"batch_size={config.batch_size} gives batches of one image{ranks}, which "
+                        f"BatchNorm cannot train on: ", Setting("batch_size", 2 * dist.world_size), " or more")
     if per_rank < 2 * config.accumulate_steps:
-        raise ValueError(
+        raise UserError(
             f"accumulate_steps={config.accumulate_steps} splits each batch of {per_rank} images{ranks} into "
-            f"micro-batches of fewer than 2 images, which BatchNorm cannot train on; use "
-            f"--set accumulate_steps={per_rank // 2} or less, or a larger batch_size")
+            f"micro-batches of fewer than 2 images, which BatchNorm cannot train on: ",
+            Setting("accumulate_steps", per_rank // 2), " or less, or a larger batch_size")
     last = loader.num_samples - (len(loader) - 1) * loader.batch_size
     if last == 1:
-        raise ValueError(
+        raise UserError(
             f"the last training batch of every epoch would hold a single image ({loader.num_samples} "
-            f"train images{ranks}, batch_size {per_rank}), which BatchNorm cannot train on; drop it "
-            f"with --set drop_last=true, or change batch_size")
+            f"train images{ranks}, batch_size {per_rank}), which BatchNorm cannot train on; drop it (",
+            Setting("drop_last", True), "), or change batch_size")
