@@ -15,6 +15,8 @@ TINY = {
     "epoch_throughput": ["--width", "0.0625", "--images", "16", "--batch", "8", "--repeats", "1"],
     "localise_speed": ["--images", "8", "--faithfulness-images", "4", "--width", "0.0625", "--batch", "4"],
     "gpu": ["--tiny", "--skip", "trainer"],  # the trainer section runs in its own test below
+    "demo_recipe": ["--seeds", "0", "1", "--set", "model_options.width=0.0625", "--set", "num_train=40",
+                    "--set", "num_test=16", "--set", "epochs=1", "--set", "batch_size=8", "--set", "tensorboard=false"],
     "presets_time_to_accuracy": [
         "--data", "synthetic", "--presets", "cifar100-vgg-att3-cpu", "--seeds", "0", "--epochs", "2", "--set",
         "num_classes=10", "model_options.width=0.0625", "subset_train=0", "subset_test=0", "num_train=40",
@@ -93,3 +95,17 @@ def test_time_to_accuracy_reports_cumulative_wall_time_per_epoch(tmp_path):
     assert [p["wall_s"] for p in run["curve"]] == pytest.approx([records[0]["seconds"],
                                                                 records[0]["seconds"] + records[1]["seconds"]])
     assert [p["val_acc1"] for p in run["curve"]] == [r["val_acc1"] for r in records]
+
+
+def test_demo_recipe_reports_every_seed_as_the_demo_scores_it(tmp_path):
+    out = tmp_path / "recipe.json"
+    _load("demo_recipe").main([*TINY["demo_recipe"], "--out", str(tmp_path / "runs"), "--json", str(out)])
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    for record in runs:
+        folder = tmp_path / "runs" / f"seed{record['seed']}"
+        final = json.loads((folder / "final_metrics.json").read_text())
+        scored = json.loads((folder / "localisation.json").read_text())
+        assert record["test_acc1"] == round(final["test"]["acc1"], 1)
+        assert record["pointing"] == {k: round(v["pointing"], 3) for k, v in scored["levels"].items()}
+        assert json.loads((folder / "config.json").read_text())["optimisation"]["seed"] == record["seed"]
