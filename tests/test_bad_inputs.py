@@ -267,6 +267,19 @@ class _FullDisk:
         return handle
 
 
+def test_a_full_disk_before_the_runs_records_says_start_again_and_that_works(tmp_path, monkeypatch, capsys):
+    disk = _FullDisk()
+    disk.full = True  # nothing of the run could be written: not even config.json
+    monkeypatch.setattr(ltpa._files, "os", disk)
+    out = tmp_path / "run dir"
+    assert main(["-q", "train", "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and ": the disk is full" in err and "Traceback" not in err
+    assert err.endswith(f"start the run again: ltpa train ... --out '{out}' --overwrite")
+    monkeypatch.undo()
+    assert main(["-q", "train", "--out", str(out), *TINY, "--overwrite"]) == 0
+
+
 def test_a_full_disk_names_the_file_and_how_to_resume(tmp_path, monkeypatch, capsys):
     disk = _FullDisk()
     monkeypatch.setattr(ltpa._files, "os", disk)

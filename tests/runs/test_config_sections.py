@@ -19,6 +19,18 @@ def test_every_key_has_a_section_and_resume_may_change_the_run_section_and_epoch
     assert TrainConfig.section_of("num_classes") == "model" and TrainConfig.section_of("zca") == "data"
 
 
+def test_a_decaying_schedule_keeps_its_epochs_on_resume():
+    from ltpa.runs.config import resume_config
+
+    step = TrainConfig(epochs=3)
+    assert resume_config(step, dataclasses.replace(step, epochs=6)).epochs == 6  # the paper's step schedule extends
+    for schedule in ("cosine", "linear"):
+        saved = TrainConfig(epochs=3, lr_schedule=schedule)
+        assert resume_config(saved, dataclasses.replace(saved, device="cpu")).epochs == 3
+        with pytest.raises(ValueError, match=f"epochs: run has 3, given 6 \\(lr_schedule='{schedule}' decays"):
+            resume_config(saved, dataclasses.replace(saved, epochs=6))
+
+
 def test_grouped_and_flat_dicts_load_the_same_config():
     config = TrainConfig(lr=0.3, model_options={"width": 0.5}, mean=(0.1, 0.2, 0.3), device="cpu")
     grouped = config.to_dict(grouped=True)

@@ -1,6 +1,7 @@
 """Run.create: the one way a writer takes a run folder. Checks first, then the lock, then (and
 only then) a replaced run's own files go; a user's files and analysis outputs are never used."""
 import json
+import shutil
 
 import pytest
 
@@ -17,6 +18,7 @@ def _fake_run(folder, extra=()):
     """A run folder as the trainer leaves it, plus a user's own files."""
     with Run.create(CONFIG, folder, "new") as run:
         (folder / "config.json").write_text("{}")
+        (folder / "environment.json").write_text(json.dumps({"format": "ltpa-run"}))
         (folder / "checkpoints").mkdir()
         (folder / "checkpoints" / "epoch_0001.json").write_text("{}")
         for name in extra:
@@ -28,11 +30,12 @@ def test_new_run_is_marked_locked_while_open_and_records_its_files(tmp_path):
     out = tmp_path / "run"
     run = Run.create(CONFIG, out, "new", command="ltpa train")
     assert run.action == "new" and read_manifest(out).kind == "run" and is_run(out)
-    with pytest.raises(FolderBusy):  # a second writer fails at once, naming the first
-        Run.create(CONFIG, out, "resume")
+    with pytest.raises(FolderBusy, match="ltpa train"):  # a second writer fails at once, naming the first
+        Run.create(CONFIG, out, "overwrite")
     (out / "config.json").write_text("{}")
+    (out / "environment.json").write_text(json.dumps({"format": "ltpa-run"}))
     run.close()
-    assert read_manifest(out).files == ("config.json",)
+    assert read_manifest(out).files == ("config.json", "environment.json")
     Run.create(CONFIG, out, "resume").close()  # the lock was released
 
 
@@ -88,12 +91,53 @@ def test_resume_needs_a_run_and_removes_interrupted_temporaries(tmp_path):
         assert run.action == "resume" and [p.name for p in run.stale_temporaries] == [".epoch_0002.json.abc.tmp"]
 
 
-def test_a_run_killed_right_after_its_manifest_counts_as_a_run(tmp_path):
+def test_a_run_killed_right_after_its_manifest_starts_again(tmp_path):
     out = tmp_path / "run"
     Run.create(CONFIG, out, "new").close()  # killed before writing anything: only the manifest
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST_FILE]
-    assert check_run_folder(out, resume=False, overwrite=False) == "new"  # nothing to lose: start it again
-    assert check_run_folder(out, resume=True, overwrite=False) == "resume"
+    assert is_run(out)  # protected from analysis outputs...
+    assert check_run_folder(out, resume=False, overwrite=False) == "new"  # ...and nothing to lose: start again
+    with pytest.raises(ValueError, match="does not hold an ltpa run"):  # nor anything to resume
+        check_run_folder(out, resume=True, overwrite=False)
+
+
+def test_overwrite_needs_the_trainers_own_records_not_look_alike_files(tmp_path):
+    other = tmp_path / "other_tool"  # another tool's run: config.json + train.log look like ltpa's
+    other.mkdir()
+    for name in ("config.json", "train.log", "notes.txt"):
+        (other / name).write_text("theirs")
+    emptied = tmp_path / "emptied"  # an ltpa run the user emptied with rm -r run/*: the manifest stayed
+    _fake_run(emptied)
+    for path in emptied.iterdir():
+        if not path.name.startswith("."):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    for name in ("config.json", "summary.txt", "report.html"):
+        (emptied / name).write_text("mine")
+    for folder in (other, emptied):
+        before = {p.name: p.read_text() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")}
+        with pytest.raises(ValueError, match="refusing to delete them"):
+            Run.create(CONFIG, folder, "overwrite")
+        with pytest.raises(ValueError, match="does not hold an ltpa run"):
+            Run.create(CONFIG, folder, "resume")
+        assert {p.name: p.read_text() for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")} == before
+    assert read_manifest(other) is None  # a refused folder is not marked as a run
+
+
+def test_a_users_files_in_the_runs_own_folders_are_never_listed_or_removed(tmp_path):
+    out = tmp_path / "run"
+    with Run.create(CONFIG, out, "new"):
+        (out / "environment.json").write_text(json.dumps({"format": "ltpa-run"}))
+        (out / "checkpoints").mkdir()
+        (out / "checkpoints" / "epoch_0001.json").write_text("{}")
+        (out / "checkpoints" / "my_keep.safetensors").write_text("mine")  # the user's copy
+        (out / "tb").mkdir()
+        (out / "tb" / "notes.md").write_text("mine")
+    assert read_manifest(out).files == ("checkpoints/epoch_0001.json", "environment.json")
+    Run.create(CONFIG, out, "overwrite").close()
+    assert (out / "checkpoints" / "my_keep.safetensors").read_text() == "mine"
+    assert (out / "tb" / "notes.md").read_text() == "mine"
+    assert not (out / "checkpoints" / "epoch_0001.json").exists()
+    assert read_manifest(out).files == ()  # what is on disk now, not what once was
 
 
 def test_unknown_mode_is_refused(tmp_path):

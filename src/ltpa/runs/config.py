@@ -77,7 +77,8 @@ class TrainConfig:
     lr_gamma: float = _in("optimisation", 0.5)
     warmup_epochs: float = _in("optimisation", 0.0)  # linear warm-up from ~0 to lr, per optimizer step
     # "step": lr_step_epochs / lr_milestones (the paper); "cosine" or "linear": from lr after the
-    # warm-up down to 0 at the last step (short budgets; linear + warm-up is a one-cycle triangle)
+    # warm-up towards 0 at the end of the last epoch (short budgets; linear + warm-up is a one-cycle
+    # triangle; epochs then cannot change on resume)
     lr_schedule: str = _in("optimisation", "step")
     label_smoothing: float = _in("optimisation", 0.0)  # cross-entropy target smoothing in [0, 1)
     grad_clip_norm: float = _in("optimisation", 0.0)  # 0 = no clipping
@@ -394,6 +395,10 @@ def resume_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
             continue
         if getattr(saved, f.name) != getattr(given, f.name):
             differences.append(f"{f.name}: run has {getattr(saved, f.name)!r}, given {getattr(given, f.name)!r}")
+    if saved.lr_schedule != "step" and given.epochs != saved.epochs:
+        # the decay is laid out over the planned epochs: more of them would raise the lr again
+        differences.append(f"epochs: run has {saved.epochs}, given {given.epochs} (lr_schedule={saved.lr_schedule!r} "
+                           f"decays to 0 over the planned epochs, so their number is part of the run)")
     if differences:
         raise ValueError(
             "cannot resume with a different config (" + "; ".join(differences)

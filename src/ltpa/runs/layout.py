@@ -33,7 +33,7 @@ from .ownership import INTERNAL_FILES, is_training_run, read_manifest
 from .preprocess import ZCA_FILE
 
 __all__ = ["RUN_FORMAT", "CHECKPOINT_DIR", "TENSORBOARD_DIR", "RUN_FILES", "ZCA_FILE", "CLASSES_FILE",
-           "METRICS_FILE", "FINAL_METRICS_FILE", "MODES", "is_run", "run_files_on_disk", "remove_run_files", "remove_stale_temporaries",
+           "METRICS_FILE", "FINAL_METRICS_FILE", "MODES", "is_run", "trainer_wrote", "run_files_on_disk", "remove_run_files", "remove_stale_temporaries",
            "check_run_folder"]
 
 MODES = ("new", "resume", "overwrite")
@@ -51,30 +51,41 @@ RUN_FILES = ("config.json", "environment.json", "train.log", "metrics.jsonl", "c
 
 
 def is_run(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` holds an ltpa training run: the one answer for every command (see
-    :func:`ltpa.runs.ownership.is_training_run`: the manifest, else the run's own files)."""
+    """Whether ``folder`` holds an ltpa training run, for protecting it: the one answer every
+    reader and analysis command uses (see :func:`ltpa.runs.ownership.is_training_run`: the
+    manifest, else the run's own files). Replacing or resuming a run asks more:
+    :func:`trainer_wrote`."""
     return is_training_run(folder)
 
 
+def trainer_wrote(folder: str | os.PathLike) -> bool:
+    """Whether ltpa's trainer wrote ``folder``: its ``environment.json`` carries the run format
+    marker (written right after config.json, before any training). Only then may a run there be
+    resumed, or replaced with overwrite; a folder that merely looks like a run (another tool's
+    config.json and train.log, or a manifest left after the user emptied the folder) may not."""
+    return _environment_marks_run(Path(folder) / "environment.json")
+
+
+# What the trainer writes inside its two folders; anything else there is the user's.
+_TRAINER_PATTERNS = {CHECKPOINT_DIR: ("epoch_*.json", "epoch_*.safetensors", "step_*.json", "step_*.safetensors",
+                                      "best.json", "best.safetensors", "state.json"),
+                     TENSORBOARD_DIR: ("events.out.tfevents.*",)}
+
+
 def run_files_on_disk(out_dir: Path) -> list[str]:
-    """The run's own files now on disk, relative to the folder, for its manifest."""
+    """The run's own files now on disk (the trainer's names only), relative to the folder, for
+    its manifest."""
     names = [name for name in RUN_FILES if (out_dir / name).is_file()]
-    for folder in (CHECKPOINT_DIR, TENSORBOARD_DIR):
+    for folder, patterns in _TRAINER_PATTERNS.items():
         if (out_dir / folder).is_dir():
-            names += [f"{folder}/{p.name}" for p in sorted((out_dir / folder).iterdir())
-                      if p.is_file() and not p.name.startswith(".")]
+            names += sorted({f"{folder}/{p.name}" for pattern in patterns for p in (out_dir / folder).glob(pattern)
+                             if p.is_file()})
     return names
 
 
 def remove_run_files(out_dir: Path) -> None:
-    """Delete a previous run's own files only: those its manifest lists and those with the
-    trainer's names (a run killed hard lists fewer than it wrote); anything else stays."""
-    manifest = read_manifest(out_dir)
-    listed = manifest.files if manifest is not None and manifest.kind == "run" else ()
-    for name in listed:
-        path = out_dir / name
-        if path.resolve().is_relative_to(out_dir.resolve()) and path.is_file():
-            path.unlink()
+    """Delete a previous run's own files only: the names the trainer writes (never a name a
+    manifest merely lists: a user's copy in checkpoints/ stays); anything else stays."""
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             (out_dir / name).unlink()
@@ -86,8 +97,7 @@ def remove_run_files(out_dir: Path) -> None:
             tb_dir.rmdir()
     ckpt_dir = out_dir / CHECKPOINT_DIR
     if ckpt_dir.is_dir():
-        for pattern in ("epoch_*.json", "epoch_*.safetensors", "step_*.json", "step_*.safetensors",
-                        "best.json", "best.safetensors", "state.json", ".*.tmp"):
+        for pattern in (*_TRAINER_PATTERNS[CHECKPOINT_DIR], ".*.tmp"):
             for path in ckpt_dir.glob(pattern):
                 path.unlink()
         with contextlib.suppress(OSError):
@@ -110,13 +120,13 @@ def check_run_folder(out_dir: Path, *, resume: bool, overwrite: bool) -> str:
     contents = sorted(p.name for p in out_dir.iterdir() if p.name not in INTERNAL_FILES) if out_dir.exists() else []
     if resume:
         environment = out_dir / "environment.json"
-        if environment.is_file() and not _environment_marks_run(environment):
+        if environment.is_file() and not trainer_wrote(out_dir):
             raise UserError(
                 f"cannot resume: {environment} is not the environment.json of an ltpa run (invalid "
                 f"JSON, or no \"format\": \"{RUN_FORMAT}\"); restore it from a copy of the run, or "
                 "start a new run (", Option("overwrite"), ")"
             )
-        if not is_run(out_dir):
+        if not trainer_wrote(out_dir):
             raise ValueError(
                 f"cannot resume: {out_dir} does not hold an ltpa run (no environment.json of one). "
                 f"Start a new run without resume=True."
@@ -132,9 +142,11 @@ def check_run_folder(out_dir: Path, *, resume: bool, overwrite: bool) -> str:
             f"{', ...' if len(contents) > 6 else ''}). Either ", Option("resume"), " to continue that run, ",
             Option("overwrite"), " to replace it, or choose a new folder. Nothing was changed."
         )
-    if is_run(out_dir):
+    if trainer_wrote(out_dir):
         return "overwrite"
-    clashes = [name for name in (*RUN_FILES, CHECKPOINT_DIR, TENSORBOARD_DIR) if (out_dir / name).exists()]
+    listed = set(manifest.files) if manifest is not None else set()  # written by an earlier ltpa run here
+    clashes = [name for name in (*RUN_FILES, CHECKPOINT_DIR, TENSORBOARD_DIR)
+               if (out_dir / name).exists() and name not in listed]
     if clashes:
         raise ValueError(
             f"overwrite=True, but {out_dir} is not an ltpa run and holds files a run would replace "

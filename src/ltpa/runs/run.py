@@ -25,7 +25,7 @@ from .checkpoints import Checkpoint, CheckpointError, CheckpointStore, load_chec
 from .config import TrainConfig
 from .layout import (CHECKPOINT_DIR, CLASSES_FILE, FINAL_METRICS_FILE, METRICS_FILE, MODES, check_run_folder, is_run,
                      remove_run_files, remove_stale_temporaries, run_files_on_disk)
-from .ownership import FolderLock, claim_run, record_files
+from .ownership import FolderLock, lock_folder, record_files, write_manifest
 from .preprocess import Preprocessing
 
 __all__ = ["Run", "CHECKPOINT_DIR", "CLASSES_FILE", "METRICS_FILE", "FINAL_METRICS_FILE"]
@@ -57,10 +57,11 @@ class Run:
                command: str | None = None) -> Run:
         """Make ``out`` the folder of a training run of ``config`` and hold it for writing.
 
-        ``mode``: ``"new"`` (``out`` is new or empty; with foreign files only when nothing of
-        theirs would be replaced, action ``"beside"``), ``"resume"`` (``out`` is a run) or
-        ``"overwrite"`` (a run there is replaced: only its own files are removed, after the
-        lock is held). A folder written by an analysis command is never used.
+        ``mode``: ``"new"`` (``out`` is new or empty), ``"resume"`` (the trainer wrote ``out``)
+        or ``"overwrite"`` (a run the trainer wrote there is replaced: only its own files are
+        removed, after the lock is held; a folder of other files is used when none of them has
+        a name the run writes, action ``"beside"``). A folder written by an analysis command is
+        never used.
 
         Raises:
             UserError / ValueError: the folder may not be used in this mode (nothing changed).
@@ -70,10 +71,11 @@ class Run:
             raise ValueError(f"mode={mode!r} is not one of {MODES}")
         out = Path(out)
         check = dict(resume=mode == "resume", overwrite=mode == "overwrite")
-        action = check_run_folder(out, **check)  # refuse before the lock creates the folder
-        lock = claim_run(out, command=command)
+        check_run_folder(out, **check)  # refuse before the lock creates the folder
+        lock = lock_folder(out, command)
         try:
-            check_run_folder(out, **check)  # again, holding the lock: the folder may have changed
+            action = check_run_folder(out, **check)  # again, holding the lock: the folder may have changed
+            record_files(out, (), kind="run", command=lock.command)  # mark it a run only now
             if action == "overwrite":
                 remove_run_files(out)
             run = cls(out, config, None)
@@ -92,7 +94,7 @@ class Run:
             return
         try:
             with contextlib.suppress(OSError, ValueError):  # the manifest is informative here
-                record_files(self.folder, run_files_on_disk(self.folder))
+                write_manifest(self.folder, "run", run_files_on_disk(self.folder), command=self._lock.command)
         finally:
             self._lock.release()
             self._lock = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import math
+import shlex
 from pathlib import Path
 
 from ..errors import Phrase, Remedied, Setting
@@ -100,14 +101,21 @@ DISK_FULL_ERRNOS = {errno.ENOSPC: ("the disk is full", "free some space"),
                                   "raise the limit (ulimit -f)")}
 
 
-def disk_full(err: OSError, out_dir: Path, latest: Path | None) -> DiskFull:
+def disk_full(err: OSError, out_dir: Path, latest: Path | None, *, resumable: bool) -> DiskFull:
     """The error for a run file that could not be written (``err.errno`` in
-    :data:`DISK_FULL_ERRNOS`): what failed, and how to continue the run."""
+    :data:`DISK_FULL_ERRNOS`): what failed, and how to go on: resume when the run's records
+    were written (``resumable``), else start it again."""
     where = err.filename or f"into {out_dir}"
     reason, remedy = DISK_FULL_ERRNOS[err.errno]
+    head = f"cannot write {where}: {reason} ({err.strerror}). Files are written whole or not at all: {remedy}, then "
+    quoted = shlex.quote(str(out_dir))
+    if not resumable:  # its config.json/environment.json were not written: there is nothing to resume
+        return DiskFull(head + "start the run again: ",
+                        Phrase(f"fit(config, {str(out_dir)!r}, overwrite=True)",
+                               f"ltpa train ... --out {quoted} --overwrite"),
+                        errno_code=err.errno, filename=err.filename)
     since = (f"from the last complete checkpoint ({latest.stem})" if latest is not None
              else "from epoch 1 (no checkpoint was completed)")
-    return DiskFull(f"cannot write {where}: {reason} ({err.strerror}). Files are written whole or not at "
-                    f"all: {remedy}, then continue the run {since}: ",
-                    Phrase(f"fit(config, {str(out_dir)!r}, resume=True)", f"ltpa train --out {out_dir} --resume"),
+    return DiskFull(head + f"continue the run {since}: ",
+                    Phrase(f"fit(config, {str(out_dir)!r}, resume=True)", f"ltpa train --out {quoted} --resume"),
                     errno_code=err.errno, filename=err.filename)

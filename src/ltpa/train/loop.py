@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .._files import atomic_write_json
 from ..runs.checkpoints import CheckpointStore, latest_checkpoint, load_checkpoint, load_model_state
 from ..runs.config import TrainConfig
+from ..runs.layout import trainer_wrote
 from ..runs.run import Run
 from .data_setup import BatchLoader
 from .distributed import DistInfo, all_reduce_sum, barrier, distributed, read_dist_env
@@ -285,7 +286,8 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
     except OSError as err:
         if err.errno not in DISK_FULL_ERRNOS or isinstance(err, DiskFull):
             raise
-        raise disk_full(err, out_dir, latest_checkpoint(out_dir / CHECKPOINT_DIR)) from err
+        raise disk_full(err, out_dir, latest_checkpoint(out_dir / CHECKPOINT_DIR),
+                        resumable=trainer_wrote(out_dir) and (out_dir / "config.json").is_file()) from err
 
 
 def _train(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:

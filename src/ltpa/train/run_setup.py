@@ -164,8 +164,8 @@ def make_lr_lambda(config: TrainConfig, steps_per_epoch: int) -> Callable[[int],
     lr_step_epochs)`` during epoch ``epoch``, so with a step of 25 epochs 1-24 run at the full lr
     and epoch 25 at half. Milestones likewise name the (1-based) epoch that starts with the new
     lr, one factor per milestone reached (``lr_milestone_gammas`` or ``lr_gamma``).
-    ``"cosine"`` / ``"linear"``: from 1 after the warm-up down to 0 at the last step of the last
-    epoch (a resume with more epochs stretches the rest of the curve).
+    ``"cosine"`` / ``"linear"``: from 1 after the warm-up towards 0 at the end of the last epoch
+    (so a resume may not change ``epochs``: :func:`~ltpa.runs.config.resume_config` refuses it).
     Warm-up multiplies by ``(s + 1) / (warmup_epochs * steps_per_epoch)`` until that reaches 1.
     A plain function, so the scheduler's state dict stays JSON-friendly.
     """
