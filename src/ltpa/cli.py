@@ -475,16 +475,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _integer(text: str, minimum: int, expected: str) -> int:
+    """``text`` as an integer >= ``minimum``, else an argparse error saying ``expected``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+    return value
+
+
 def _count(minimum: int):
     """An argparse type: an integer >= ``minimum``."""
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
-        return value
+        return _integer(text, minimum, f"an integer >= {minimum}")
 
     parse.__name__ = f"integer >= {minimum}"
     return parse
@@ -493,15 +498,7 @@ def _count(minimum: int):
 def _word_or_integer(words: tuple[str, ...], minimum: int, expected: str):
     """An argparse type: one of ``words`` or an integer >= ``minimum``; errors say ``expected``."""
     def parse(text: str) -> str | int:
-        if text in words:
-            return text
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
-        return value
+        return text if text in words else _integer(text, minimum, expected)
 
     return parse
 

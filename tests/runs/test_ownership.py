@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from ltpa.cli import main
-from ltpa.runs.ownership import (MANIFEST_FILE, FolderBusy, OutputFolder, check_output_file, claim_run,
+from ltpa.runs.config import TrainConfig
+from ltpa.runs.run import Run
+from ltpa.runs.ownership import (MANIFEST_FILE, FolderBusy, OutputFolder, check_output_file,
                                  is_training_run, json_report_recogniser, lock_folder, read_manifest)
 
 TINY = ["--set", "model_options.width=0.0625", "--set", "num_train=64", "--set", "num_test=32",
@@ -85,8 +87,8 @@ def test_training_runs_and_other_commands_outputs_are_refused(tmp_path):
     legacy = tmp_path / "legacy_run"  # a run written before manifests existed
     (legacy / "checkpoints").mkdir(parents=True)
     (legacy / "config.json").write_text("{}")
-    with claim_run(tmp_path / "run", files=["config.json"]):
-        pass
+    with Run.create(TrainConfig(), tmp_path / "run", "new"):
+        (tmp_path / "run" / "config.json").write_text("{}")
     assert is_training_run(legacy) and is_training_run(tmp_path / "run")
     for run in (legacy, tmp_path / "run"):
         before = _snapshot(run)

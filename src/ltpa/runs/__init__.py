@@ -12,7 +12,7 @@ _EXPORTS = {
     "Run": "ltpa.runs.run", "TrainConfig": "ltpa.runs.config",
     "CheckpointStore": "ltpa.runs.checkpoints",
     "OutputFolder": "ltpa.runs.ownership", "FolderBusy": "ltpa.runs.ownership",
-    "lock_folder": "ltpa.runs.ownership", "claim_run": "ltpa.runs.ownership",
+    "lock_folder": "ltpa.runs.ownership",
 }
 
 

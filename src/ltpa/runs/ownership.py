@@ -19,7 +19,7 @@ non-empty folder without a manifest, the output of another command, or an earlie
 writes the manifest; :meth:`~OutputFolder.close` removes the earlier result's files that were not
 written again, only after everything new was written, then releases the lock.
 
-Training runs (:func:`claim_run`) hold the same lock for as long as they write, so a second
+Training runs (:meth:`ltpa.runs.Run.create`) hold the same lock for as long as they write, so a second
 writer of the same folder fails at once with a message naming the holder (pid, host, command,
 since when).
 """
@@ -40,7 +40,7 @@ from .._files import atomic_write_bytes, atomic_write_json
 from ..errors import Option, UserError
 
 __all__ = ["MANIFEST_FILE", "LOCK_FILE", "INTERNAL_FILES", "Manifest", "OutputFolder", "FolderBusy", "FolderLock",
-           "lock_folder", "claim_run", "read_manifest", "write_manifest", "is_training_run",
+           "lock_folder", "read_manifest", "write_manifest", "is_training_run",
            "check_output_file", "record_files", "json_report_recogniser", "marker_recogniser"]
 
 MANIFEST_FILE = ".ltpa-manifest.json"
@@ -105,7 +105,7 @@ def record_files(folder: str | os.PathLike, names: Iterable[str], *, kind: str =
                  command: str | None = None) -> Path:
     """Add ``names`` to the manifest of ``folder`` (creating one of ``kind`` if there is none).
 
-    The caller holds the folder's lock (:func:`claim_run` / :meth:`OutputFolder.prepare`)."""
+    The caller holds the folder's lock (``Run.create`` / :meth:`OutputFolder.prepare`)."""
     manifest = read_manifest(folder)
     known = manifest.files if manifest is not None else ()
     return write_manifest(folder, manifest.kind if manifest is not None else kind, [*known, *names],
@@ -227,34 +227,6 @@ def lock_folder(folder: str | os.PathLike, command: str | None = None) -> Folder
         FolderBusy: another writer holds it; the message names it (pid, host, command, since).
     """
     return FolderLock(folder, command).acquire()
-
-
-def claim_run(folder: str | os.PathLike, *, command: str | None = None, files: Iterable[str] = ()) -> FolderLock:
-    """For ``Run.create`` / resume: lock a training-run folder and mark it as a run.
-
-    Takes the folder's lock (a second ``ltpa train`` on the same folder fails at once with
-    :class:`FolderBusy`), then writes its manifest with kind ``"run"`` (keeping the files an
-    earlier manifest listed, plus ``files``), so the analysis commands refuse to write into it.
-    Call it after the run's own checks passed and before writing anything; keep the returned
-    lock until the run stops writing (``lock.release()``, or ``with``), and add files with
-    :func:`record_files` as they are written.
-
-    Raises:
-        FolderBusy: another process writes this run now.
-        UserError: ``folder`` holds the output of an analysis command (its manifest says so).
-    """
-    folder = Path(folder)
-    manifest = read_manifest(folder)
-    if manifest is not None and manifest.kind != "run":
-        raise UserError(f"{str(folder)!r} holds the output of `ltpa {manifest.kind}`, not a training run; "
-                        "choose another folder for the run")
-    lock = lock_folder(folder, command)
-    try:
-        record_files(folder, files, kind="run", command=lock.command)
-    except BaseException:
-        lock.release()
-        raise
-    return lock
 
 
 # --------------------------------------------------------------------------------------------

@@ -287,7 +287,7 @@ def _fit(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, ov
         if err.errno not in DISK_FULL_ERRNOS or isinstance(err, DiskFull):
             raise
         raise disk_full(err, out_dir, latest_checkpoint(out_dir / CHECKPOINT_DIR),
-                        resumable=trainer_wrote(out_dir) and (out_dir / "config.json").is_file()) from err
+                        resumable=trainer_wrote(out_dir)) from err
 
 
 def _train(plan: RunPlan, dist: DistInfo, *, progress: bool) -> RunResult:
