@@ -72,3 +72,35 @@ def test_gap_cam_matches_the_models_own_map_and_takes_a_class():
     assert other.maps[0].shape == (2, 1, 8, 8)
     with pytest.raises(TypeError, match="VGG-GAP"):
         gap_cam_maps(ltpa.create_model("vgg_att1", num_classes=3, width=0.125), images)
+
+
+@pytest.mark.parametrize("layer", ["trunk.conv13", "trunk.conv7"])
+def test_one_shared_pass_gives_each_methods_own_map(model, layer):
+    """The shared forward/backward (cut at the layer) gives what grad-cam computes when each
+    method runs its own full pass, for the predicted class and for a chosen one."""
+    import pytorch_grad_cam
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from ltpa.models.baselines import rectify_and_normalise
+
+    model.eval()
+    torch.manual_seed(1)
+    images = torch.randn(3, 3, 32, 32)
+    module = model.get_submodule(layer)
+    classes = {"gradcam": pytorch_grad_cam.GradCAM, "gradcam++": pytorch_grad_cam.GradCAMPlusPlus,
+               "layercam": pytorch_grad_cam.LayerCAM}
+    for target in (None, 2):
+        shared = grad_cam_maps(model, images, layer=layer, target_classes=target)
+        for method, cls in classes.items():
+            with cls(model=LogitsOnly(model), target_layers=[module]) as cam:
+                targets = None if target is None else [ClassifierOutputTarget(target)] * 3
+                cam(input_tensor=images, targets=targets)
+                store = cam.activations_and_grads
+                if targets is None:
+                    targets = [ClassifierOutputTarget(int(k)) for k in cam.outputs.argmax(1)]
+                own = torch.as_tensor(cam.get_cam_image(images, module, targets, store.activations[0].numpy(),
+                                                        store.gradients[0].numpy(), False)).float()
+            expected = rectify_and_normalise(own[:, None])
+            assert torch.allclose(shared[method].maps[0], expected, rtol=1e-4, atol=1e-6), (method, target)
+    for param in model.parameters():
+        param.grad = None

@@ -75,3 +75,37 @@ def test_road_removing_the_evidence_first_lowers_morf_and_keeping_it_raises_lerf
     assert model.training and torch.equal(images, before)
     with pytest.raises(ValueError, match="percentiles"):
         road(model, images, {"good": good}, percentiles=(0,))
+
+
+def test_analysis_runs_convolutions_in_channels_last_and_puts_the_weights_back():
+    from ltpa.attention._inputs import inference_layout
+
+    seen = []
+
+    class _Conv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 3, padding=1)
+
+        def forward(self, x):
+            seen.append((self.conv.weight.is_contiguous(memory_format=torch.channels_last),
+                         x.is_contiguous(memory_format=torch.channels_last)))
+            return self.conv(x).mean((2, 3))
+
+    torch.manual_seed(0)
+    model = _Conv()
+    weight = model.conv.weight.detach().clone()
+    images = torch.randn(2, 3, 8, 8)
+    heat = torch.rand(2, 8, 8)
+    result = deletion_insertion(model, images, {"m": heat}, steps=2)
+    assert seen and all(seen_weight and seen_input for seen_weight, seen_input in seen)
+    assert model.conv.weight.is_contiguous() and torch.equal(model.conv.weight, weight)
+    seen.clear()
+    with inference_layout(model):  # nested: the outer block owns the layout
+        again = deletion_insertion(model, images, {"m": heat}, steps=2)
+        assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.conv.weight.is_contiguous()
+    assert again["methods"]["m"]["deletion"]["auc"] == pytest.approx(result["methods"]["m"]["deletion"]["auc"])
+    model.to(memory_format=torch.channels_last)  # a caller's channels_last model stays so
+    deletion_insertion(model, images, {"m": heat}, steps=2)
+    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -16,8 +16,9 @@ image-resolution output, which is min-max stretched per image (that would shift 
 pointing game) and resized without ltpa's level geometry.
 
 Side effects are undone: every submodule's train/eval flag (grad-cam's constructor calls
-``model.eval()``), each parameter's ``requires_grad`` and ``.grad``; the hooks are removed by the
-``with`` form; the caller's images are never modified.
+``model.eval()``), each parameter's ``requires_grad`` and ``.grad``; every hook is removed; the
+caller's images are never modified. All methods share one forward and one backward pass per batch,
+and that backward runs from the class score down to the layer only.
 
 ``pytorch_grad_cam`` is imported on first use, not with ``ltpa.attention``: importing it pulls in
 OpenCV, scikit-learn and more (several seconds), which training and ``ltpa demo`` never need.
@@ -172,39 +173,52 @@ def grad_cam_maps(
     chosen = _targets(target_classes, count, int(getattr(model, "num_classes", 2**62)))
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    result: dict[str, AttentionMaps] = {}
+    from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
+
+    raw: dict[str, list[Tensor]] = {method: [] for method in methods}
+    logits = []
     with preserve_model_state(model), torch.enable_grad():
+        # The methods differ only in how they weigh the same activations and gradients, so one
+        # forward and one backward serve them all; each method's own get_cam_image (grad-cam's
+        # formula) turns them into its map. The graph is cut at the layer: nothing before it
+        # needs gradients, and no parameter does, so the backward pass runs from the class
+        # score down to the layer only (a small part of the model, not a full backward).
         for param in model.parameters():
-            param.requires_grad_(True)  # a frozen model still needs gradients at the layer
-        for method in methods:
-            raw, logits = [], []
-            with CAM_METHODS[method](model=wrapper, target_layers=[module]) as cam:
-                try:
-                    for start in range(0, count, batch_size):
-                        batch = inputs[start:start + batch_size].to(device)
-                        targets = None if chosen is None else [
-                            ClassifierOutputTarget(int(k)) for k in chosen[start:start + batch_size]]
-                        cam(input_tensor=batch, targets=targets)
-                        out = cam.outputs.detach().cpu()
-                        if chosen is not None and int(chosen.max()) >= out.shape[1]:
-                            raise ValueError(f"target_classes must lie in [0, {out.shape[1]}), got "
-                                             f"{chosen.unique().tolist()}.")
-                        store = cam.activations_and_grads
-                        activations = store.activations[0].numpy()
-                        gradients = store.gradients[0].numpy()
-                        raw.append(torch.from_numpy(np.asarray(cam.get_cam_image(
-                            batch, module, targets, activations, gradients, False), dtype=np.float32)))
-                        logits.append(out)
-                        store.clear()
-                except IndexError as err:
-                    # grad-cam's __exit__ swallows IndexError; re-raise so it cannot pass silently.
-                    raise RuntimeError(f"{method} failed inside grad-cam: {err}") from err
-            level_maps = rectify_and_normalise(torch.cat(raw)[:, None])  # (N, 1, h, w), sums to 1
-            level = _geometry(model, name, level_maps.shape[-1], image_size[-1])
-            all_logits = torch.cat(logits)
-            result[method] = AttentionMaps(
-                maps=(level_maps,), upsampled=(place_on_image(level_maps, level, image_size),),
-                levels=(level,), logits=all_logits, predictions=all_logits.argmax(1), normalisation="cam")
+            param.requires_grad_(False)
+        cams = {method: CAM_METHODS[method](model=wrapper, target_layers=[module]) for method in methods}
+        for cam in cams.values():  # only their formulas are used; the hooks below capture
+            cam.activations_and_grads.release()
+        cut = module.register_forward_hook(lambda _m, _i, output: output.detach().requires_grad_(True),
+                                           prepend=True)
+        store = ActivationsAndGradients(wrapper, [module], None)
+        try:
+            for start in range(0, count, batch_size):
+                batch = inputs[start:start + batch_size].to(device)
+                out = store(batch)
+                if chosen is not None and int(chosen.max()) >= out.shape[1]:
+                    raise ValueError(f"target_classes must lie in [0, {out.shape[1]}), got "
+                                     f"{chosen.unique().tolist()}.")
+                classes = out.argmax(1) if chosen is None else chosen[start:start + batch_size].to(device)
+                out.gather(1, classes[:, None]).sum().backward()
+                targets = [ClassifierOutputTarget(int(k)) for k in classes]
+                activations = store.activations[0].numpy()
+                gradients = store.gradients[0].numpy()
+                for method, cam in cams.items():
+                    raw[method].append(torch.from_numpy(np.asarray(cam.get_cam_image(
+                        batch, module, targets, activations, gradients, False), dtype=np.float32)))
+                logits.append(out.detach().cpu())
+                store.clear()
+        finally:
+            store.release()
+            cut.remove()
+    all_logits = torch.cat(logits)
+    result: dict[str, AttentionMaps] = {}
+    for method in methods:
+        level_maps = rectify_and_normalise(torch.cat(raw[method])[:, None])  # (N, 1, h, w), sums to 1
+        level = _geometry(model, name, level_maps.shape[-1], image_size[-1])
+        result[method] = AttentionMaps(
+            maps=(level_maps,), upsampled=(place_on_image(level_maps, level, image_size),),
+            levels=(level,), logits=all_logits, predictions=all_logits.argmax(1), normalisation="cam")
     return result
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from ltpa.attention._inputs import check_heat, model_device, prepare_images, preserve_model_state
+from ltpa.attention._inputs import check_heat, in_inference_layout, model_device, prepare_images, preserve_model_state
 from ltpa.models.output import AttentionOutput
 
 __all__ = ["BASELINES", "ROAD_PERCENTILES", "blur", "deletion_insertion", "plot_faithfulness", "road"]
@@ -71,7 +71,7 @@ def _baseline(kind: str, images: Tensor, sigma: float) -> Tensor:
 
 
 def _logits(model: nn.Module, batch: Tensor) -> Tensor:
-    out = model(batch)
+    out = model(batch.contiguous(memory_format=torch.channels_last))  # the layout the convs run fastest in
     return out.logits if isinstance(out, AttentionOutput) else out
 
 
@@ -84,6 +84,7 @@ def _ranks(saliency: Tensor) -> Tensor:
     return ranks
 
 
+@in_inference_layout
 def deletion_insertion(
     model: nn.Module,
     images: Tensor,
@@ -179,6 +180,7 @@ def deletion_insertion(
     }
 
 
+@in_inference_layout
 def road(
     model: nn.Module,
     images: Tensor,
@@ -235,24 +237,24 @@ def road(
     with preserve_model_state(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
         model.eval()
         torch.manual_seed(seed)
+        if target_classes is None:
+            tracked = torch.cat([_logits(model, chunk.to(device)).argmax(1).cpu() for chunk in inputs.split(batch_size)])
+        else:
+            tracked = torch.as_tensor(target_classes, dtype=torch.int64)
         for index in range(count):
-            image = inputs[index].cpu()
-            if target_classes is None:
-                target = int(_logits(model, image[None].to(device)).argmax(1))
-            else:
-                target = int(torch.as_tensor(target_classes, dtype=torch.int64)[index])
-            # grad-cam's removal and noisy linear imputation, one image at a time; the forward
-            # passes of all percentiles and both orders are batched here.
-            for name, heat in heats.items():
-                with warnings.catch_warnings():
-                    # grad-cam's imputer hands torch tensors to np.argwhere (NumPy 2 deprecation)
-                    warnings.filterwarnings("ignore", message="__array_wrap__", category=DeprecationWarning)
-                    imputed = torch.stack([remove(image, heat[index]).float()
-                                           for kind in ("morf", "lerf") for remove in removers[kind]])
-                probability = torch.cat([_logits(model, chunk.to(device)).float().softmax(1)[:, target].cpu()
-                                         for chunk in imputed.split(batch_size)]).double()
-                per_image[name]["morf"].append(probability[:len(grid)])
-                per_image[name]["lerf"].append(probability[len(grid):])
+            image, target = inputs[index].cpu(), int(tracked[index])
+            # grad-cam's removal and noisy linear imputation, one image and map at a time; the
+            # forward passes of every map, percentile and order of the image are batched.
+            with warnings.catch_warnings():
+                # grad-cam's imputer hands torch tensors to np.argwhere (NumPy 2 deprecation)
+                warnings.filterwarnings("ignore", message="__array_wrap__", category=DeprecationWarning)
+                imputed = torch.stack([remove(image, heat[index]).float() for heat in heats.values()
+                                       for kind in ("morf", "lerf") for remove in removers[kind]])
+            probability = torch.cat([_logits(model, chunk.to(device)).float().softmax(1)[:, target].cpu()
+                                     for chunk in imputed.split(batch_size)]).double()
+            for name, scores in zip(heats, probability.view(len(heats), 2, len(grid))):
+                per_image[name]["morf"].append(scores[0])
+                per_image[name]["lerf"].append(scores[1])
     methods = {}
     for name, kinds in per_image.items():
         morf = torch.stack(kinds["morf"]).mean(0).numpy()  # (P,)

@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ltpa.attention._inputs import prepare_images
+from ltpa.attention._inputs import in_inference_layout, prepare_images
 from ltpa.attention.cam_baselines import CAM_METHODS, default_cam_layer, gap_cam_maps, grad_cam_maps
 from ltpa.attention.diagnostics import explain, summarise_maps
 from ltpa.attention.faithfulness import ROAD_PERCENTILES, deletion_insertion, plot_faithfulness, road
@@ -125,6 +125,7 @@ def _truth(masks: Tensor | None, boxes: Tensor | None, count: int, height: int, 
     return truth, None if boxes is None else torch.as_tensor(boxes)
 
 
+@in_inference_layout
 def localise(
     model: nn.Module,
     images: Tensor,
