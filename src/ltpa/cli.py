@@ -160,7 +160,7 @@ def _cmd_localise(args: argparse.Namespace) -> int:
         calibration_masks=None if calibration is None else calibration.masks,
         calibration_boxes=None if calibration is None else calibration.boxes,
         calibration_target_classes=held_targets, faithfulness_images=args.faithfulness_images, steps=args.steps,
-        road_percentiles=None if args.no_road else ROAD_PERCENTILES)
+        road_percentiles=None if args.no_road else ROAD_PERCENTILES, progress=sys.stderr.isatty())
     paths = write_localisation_report(result, out)
     if calibration is not None:
         print(f"thresholds calibrated on {calibration.description}")

@@ -109,3 +109,17 @@ def test_analysis_runs_convolutions_in_channels_last_and_puts_the_weights_back()
     model.to(memory_format=torch.channels_last)  # a caller's channels_last model stays so
     deletion_insertion(model, images, {"m": heat}, steps=2)
     assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_the_curves_show_progress_only_when_asked(capsys):
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[2:4, 2:4] = True
+    model, images = _RegionModel(region), torch.ones(2, 3, 8, 8)
+    heat = {"m": torch.rand(2, 8, 8, dtype=torch.float64)}
+    deletion_insertion(model, images, heat, steps=2)
+    road(model, images, heat, percentiles=(50,))
+    assert capsys.readouterr().err == ""
+    deletion_insertion(model, images, heat, steps=2, progress=True)
+    road(model, images, heat, percentiles=(50,), progress=True)
+    err = capsys.readouterr().err
+    assert "deletion/insertion" in err and "ROAD" in err

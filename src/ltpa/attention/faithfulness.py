@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ltpa.attention._inputs import check_heat, in_inference_layout, model_device, prepare_images, preserve_model_state
 from ltpa.models.output import AttentionOutput
@@ -98,6 +99,7 @@ def deletion_insertion(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     batch_size: int = 256,
+    progress: bool = False,
 ) -> dict:
     """Deletion and insertion curves and their AUCs for every saliency map set.
 
@@ -116,6 +118,8 @@ def deletion_insertion(
             intact images.
         mean, std: the training normalisation, for uint8 images.
         batch_size: forward-pass batch size (images x steps are batched together).
+        progress: show a tqdm bar over the images on stderr (these curves take
+            ``2 * (steps + 1)`` forward passes per image and map).
 
     Returns:
         ``{"fractions": [steps + 1 floats], "steps", "num_images", "baselines": {...},
@@ -144,7 +148,8 @@ def deletion_insertion(
     methods = {name: {"deletion": [], "insertion": []} for name in heats}
     with preserve_model_state(model), torch.no_grad():
         model.eval()
-        for start in range(0, count, chunk):
+        for start in tqdm(range(0, count, chunk), desc="deletion/insertion", unit="batch", disable=not progress,
+                          leave=False):
             batch = inputs[start:start + chunk].to(device)
             b = batch.shape[0]
             if target_classes is None:
@@ -192,6 +197,7 @@ def road(
     std: Sequence[float] | None = None,
     seed: int = 0,
     batch_size: int = 64,
+    progress: bool = False,
 ) -> dict:
     """ROAD MoRF and LeRF curves for every saliency map set (see the module docstring).
 
@@ -206,6 +212,7 @@ def road(
         mean, std: the training normalisation, for uint8 images.
         seed: seed of the imputation noise (the caller's global RNG is left as it was).
         batch_size: images per forward pass.
+        progress: show a tqdm bar over the images on stderr.
 
     Returns:
         ``{"percentiles", "removed_fractions", "num_images", "methods": {name: {"morf": [mean
@@ -241,7 +248,7 @@ def road(
             tracked = torch.cat([_logits(model, chunk.to(device)).argmax(1).cpu() for chunk in inputs.split(batch_size)])
         else:
             tracked = torch.as_tensor(target_classes, dtype=torch.int64)
-        for index in range(count):
+        for index in tqdm(range(count), desc="ROAD", unit="image", disable=not progress, leave=False):
             image, target = inputs[index].cpu(), int(tracked[index])
             # grad-cam's removal and noisy linear imputation, one image and map at a time; the
             # forward passes of every map, percentile and order of the image are batched.

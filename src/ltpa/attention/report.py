@@ -161,6 +161,7 @@ def localise(
     groups: Tensor | None = None,
     group_names: Sequence[str] | None = None,
     notes: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> dict:
     """Every localisation metric per method and level, on one set of images.
 
@@ -205,6 +206,7 @@ def localise(
         groups: ``(N,)`` int64 class (folder) of each image, indexing ``group_names``; adds
             ``per_class`` (pointing and Jaccard per class and row).
         notes: lines about the data (e.g. images left out for want of a mask), kept in the JSON.
+        progress: tqdm bars on stderr for the faithfulness curves, the slow part.
 
     Returns:
         A JSON-ready dict: ``num_images``, ``image_size``, ``region``, ``pointing`` (variant,
@@ -299,12 +301,12 @@ def localise(
         heats = {name: row["heat"][:used] for name, row in rows.items()}
         classes = None if target_classes is None else torch.as_tensor(target_classes)[:used]
         faithfulness = deletion_insertion(model, inputs[:used], heats, steps=steps, target_classes=classes,
-                                          batch_size=max(batch_size, 4 * (steps + 1)))
+                                          batch_size=max(batch_size, 4 * (steps + 1)), progress=progress)
         for name, scores in faithfulness["methods"].items():
             table[name].update(deletion_auc=scores["deletion"]["auc"], insertion_auc=scores["insertion"]["auc"])
         if road_percentiles:
             road_result = road(model, inputs[:used], heats, percentiles=road_percentiles, target_classes=classes,
-                               seed=seed, batch_size=batch_size)
+                               seed=seed, batch_size=batch_size, progress=progress)
             for name, scores in road_result["methods"].items():
                 table[name].update({key: scores[key] for key in ("road_morf", "road_lerf", "road_combined")})
 
