@@ -104,3 +104,30 @@ def test_one_shared_pass_gives_each_methods_own_map(model, layer):
             assert torch.allclose(shared[method].maps[0], expected, rtol=1e-4, atol=1e-6), (method, target)
     for param in model.parameters():
         param.grad = None
+
+
+class _InplaceAfterLayer(torch.nn.Module):
+    """A conv whose output the model changes in place, and a module used twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.twice = torch.nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(4, 3)
+        self.num_classes = 3
+
+    def forward(self, x):
+        y = torch.nn.functional.relu(self.conv(x), inplace=True)
+        y = self.twice(self.twice(y))
+        return self.fc(y.mean((2, 3)))
+
+
+def test_the_cut_layer_may_be_changed_in_place_and_a_shared_layer_is_refused():
+    torch.manual_seed(0)
+    model = _InplaceAfterLayer().eval()
+    hooks = _hooks(model)
+    maps = grad_cam_maps(model, torch.randn(2, 3, 8, 8), layer="conv", methods=["gradcam"])
+    assert maps["gradcam"].maps[0].shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match="ran 2 times"):
+        grad_cam_maps(model, torch.randn(2, 3, 8, 8), layer="twice")
+    assert _hooks(model) == hooks and all(p.requires_grad and p.grad is None for p in model.parameters())

@@ -78,37 +78,37 @@ def test_road_removing_the_evidence_first_lowers_morf_and_keeping_it_raises_lerf
 
 
 def test_analysis_runs_convolutions_in_channels_last_and_puts_the_weights_back():
+    import ltpa
     from ltpa.attention._inputs import inference_layout
 
-    seen = []
-
-    class _Conv(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 2, 3, padding=1)
-
-        def forward(self, x):
-            seen.append((self.conv.weight.is_contiguous(memory_format=torch.channels_last),
-                         x.is_contiguous(memory_format=torch.channels_last)))
-            return self.conv(x).mean((2, 3))
-
     torch.manual_seed(0)
-    model = _Conv()
-    weight = model.conv.weight.detach().clone()
-    images = torch.randn(2, 3, 8, 8)
-    heat = torch.rand(2, 8, 8)
+    model = ltpa.create_model("vgg_att3", num_classes=3, width=0.0625).eval()
+    seen = []
+    model.trunk.conv1.conv.register_forward_pre_hook(lambda m, args: seen.append(
+        (m.weight.is_contiguous(memory_format=torch.channels_last), args[0].is_contiguous(memory_format=torch.channels_last))))
+    tensors = {name: p.data_ptr() for name, p in model.named_parameters()}
+    images, heat = torch.randn(2, 3, 32, 32), torch.rand(2, 32, 32)
     result = deletion_insertion(model, images, {"m": heat}, steps=2)
-    assert seen and all(seen_weight and seen_input for seen_weight, seen_input in seen)
-    assert model.conv.weight.is_contiguous() and torch.equal(model.conv.weight, weight)
+    assert seen and all(weight and inputs for weight, inputs in seen)
+    assert all(p.data_ptr() == tensors[name] for name, p in model.named_parameters())  # the same tensors back
     seen.clear()
     with inference_layout(model):  # nested: the outer block owns the layout
         again = deletion_insertion(model, images, {"m": heat}, steps=2)
-        assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
-    assert model.conv.weight.is_contiguous()
+        assert model.trunk.conv1.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(p.data_ptr() == tensors[name] for name, p in model.named_parameters())
     assert again["methods"]["m"]["deletion"]["auc"] == pytest.approx(result["methods"]["m"]["deletion"]["auc"])
-    model.to(memory_format=torch.channels_last)  # a caller's channels_last model stays so
-    deletion_insertion(model, images, {"m": heat}, steps=2)
-    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+    class _Flattening(nn.Module):  # a user's model that assumes the default layout keeps it
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 2, 3, padding=1), nn.Linear(2 * 8 * 8, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).view(x.shape[0], -1))
+
+    user = _Flattening()
+    deletion_insertion(user, torch.randn(2, 3, 8, 8), {"m": torch.rand(2, 8, 8)}, steps=2)
+    assert user.conv.weight.is_contiguous()
 
 
 def test_the_curves_show_progress_only_when_asked(capsys):
@@ -123,3 +123,34 @@ def test_the_curves_show_progress_only_when_asked(capsys):
     road(model, images, heat, percentiles=(50,), progress=True)
     err = capsys.readouterr().err
     assert "deletion/insertion" in err and "ROAD" in err
+
+
+@pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")
+def test_road_batches_every_map_of_an_image_without_changing_the_result():
+    """A map-by-map reference (grad-cam's removal and imputation, noise drawn in the same order:
+    image, map, MoRF then LeRF, percentile) gives the same curves as the batched road()."""
+    from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[2:5, 3:6] = True
+    model = _RegionModel(region)
+    torch.manual_seed(3)
+    images = torch.rand(3, 3, 8, 8)
+    heats = {"a": torch.rand(3, 8, 8, dtype=torch.float64), "b": torch.rand(3, 8, 8, dtype=torch.float64)}
+    percentiles = (30, 60, 90)
+    result = road(model, images, heats, percentiles=percentiles, batch_size=4, seed=5)
+    imputer = NoisyLinearImputer()
+    removers = [cls(p, imputer) for cls in (RemoveMostRelevantFirst, RemoveLeastRelevantFirst) for p in percentiles]
+    expected = {name: [] for name in heats}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        for index in range(3):
+            target = int(model(images[index:index + 1]).argmax(1))
+            for name, heat in heats.items():
+                imputed = torch.stack([remove(images[index], heat[index]).float() for remove in removers])
+                expected[name].append(model(imputed).softmax(1)[:, target].double())
+    for name in heats:
+        mean = torch.stack(expected[name]).mean(0)
+        assert result["methods"][name]["morf"] == pytest.approx(mean[:3].tolist(), rel=1e-6)
+        assert result["methods"][name]["lerf"] == pytest.approx(mean[3:].tolist(), rel=1e-6)

@@ -185,13 +185,16 @@ def grad_cam_maps(
         # score down to the layer only (a small part of the model, not a full backward).
         for param in model.parameters():
             param.requires_grad_(False)
-        cams = {method: CAM_METHODS[method](model=wrapper, target_layers=[module]) for method in methods}
-        for cam in cams.values():  # only their formulas are used; the hooks below capture
-            cam.activations_and_grads.release()
-        cut = module.register_forward_hook(lambda _m, _i, output: output.detach().requires_grad_(True),
-                                           prepend=True)
-        store = ActivationsAndGradients(wrapper, [module], None)
+        cams, hooks = {}, []
         try:
+            for method in methods:  # only their formulas are used; `store` below captures
+                cams[method] = CAM_METHODS[method](model=wrapper, target_layers=[module])
+                cams[method].activations_and_grads.release()
+            # The clone lets the model modify the layer's output in place (an inplace ReLU).
+            hooks.append(module.register_forward_hook(
+                lambda _m, _i, output: output.detach().requires_grad_(True).clone(), prepend=True))
+            store = ActivationsAndGradients(wrapper, [module], None)
+            hooks.append(store)
             for start in range(0, count, batch_size):
                 batch = inputs[start:start + batch_size].to(device)
                 out = store(batch)
@@ -200,6 +203,9 @@ def grad_cam_maps(
                                      f"{chosen.unique().tolist()}.")
                 classes = out.argmax(1) if chosen is None else chosen[start:start + batch_size].to(device)
                 out.gather(1, classes[:, None]).sum().backward()
+                if len(store.activations) != 1 or len(store.gradients) != 1:
+                    raise ValueError(f"layer {name!r} ran {len(store.activations)} times in one forward pass "
+                                     f"(a shared module); choose a layer that runs once, e.g. a conv")
                 targets = [ClassifierOutputTarget(int(k)) for k in classes]
                 activations = store.activations[0].numpy()
                 gradients = store.gradients[0].numpy()
@@ -209,8 +215,10 @@ def grad_cam_maps(
                 logits.append(out.detach().cpu())
                 store.clear()
         finally:
-            store.release()
-            cut.remove()
+            for hook in hooks:
+                hook.release() if isinstance(hook, ActivationsAndGradients) else hook.remove()
+            for cam in cams.values():
+                cam.activations_and_grads.release()
     all_logits = torch.cat(logits)
     result: dict[str, AttentionMaps] = {}
     for method in methods:

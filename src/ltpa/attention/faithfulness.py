@@ -42,7 +42,8 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ltpa.attention._inputs import check_heat, in_inference_layout, model_device, prepare_images, preserve_model_state
+from ltpa.attention._inputs import (check_heat, in_inference_layout, model_device, prepare_images, preserve_model_state,
+                                    uses_channels_last)
 from ltpa.models.output import AttentionOutput
 
 __all__ = ["BASELINES", "ROAD_PERCENTILES", "blur", "deletion_insertion", "plot_faithfulness", "road"]
@@ -72,7 +73,9 @@ def _baseline(kind: str, images: Tensor, sigma: float) -> Tensor:
 
 
 def _logits(model: nn.Module, batch: Tensor) -> Tensor:
-    out = model(batch.contiguous(memory_format=torch.channels_last))  # the layout the convs run fastest in
+    if uses_channels_last(model):  # inputs in the weights' layout: no conversion in the first conv
+        batch = batch.contiguous(memory_format=torch.channels_last)
+    out = model(batch)
     return out.logits if isinstance(out, AttentionOutput) else out
 
 
