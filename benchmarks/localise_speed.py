@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     faithful = min(args.faithfulness_images, args.images)
     stages = {
         "training epoch": epoch,
-        "localise (all methods, curves)": lambda: localise(model, inputs, masks=masks, methods=EVERY,
+        "localise (all methods)": lambda: localise(model, inputs, masks=masks, methods=EVERY,
                                                            faithfulness_images=faithful, batch_size=args.batch),
         "  learned maps": lambda: compute_maps(model, inputs, batch_size=args.batch),
         "  Grad-CAM family": lambda: grad_cam_maps(model, inputs, batch_size=args.batch),
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         stages["  ROAD (1 map)"] = lambda: road(model, inputs[:faithful], heats, batch_size=args.batch)
     load = os.getloadavg()[0]
     times = {name: _timed(fn) for name, fn in stages.items()}
-    ratio = times["localise (all methods, curves)"] / times["training epoch"]
+    ratio = times["localise (all methods)"] / times["training epoch"]
     print(f"{args.images} images ({faithful} for the curves), vgg_att3 width {args.width}, "
           f"{torch.get_num_threads()} threads, load average {load:.2f} -> {os.getloadavg()[0]:.2f}")
     for name, seconds in times.items():

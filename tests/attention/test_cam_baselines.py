@@ -114,6 +114,7 @@ class _InplaceAfterLayer(torch.nn.Module):
         self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
         self.twice = torch.nn.Conv2d(4, 4, 3, padding=1)
         self.fc = torch.nn.Linear(4, 3)
+        self.unused = torch.nn.Conv2d(4, 4, 1)
         self.num_classes = 3
 
     def forward(self, x):
@@ -130,4 +131,6 @@ def test_the_cut_layer_may_be_changed_in_place_and_a_shared_layer_is_refused():
     assert maps["gradcam"].maps[0].shape == (2, 1, 8, 8)
     with pytest.raises(ValueError, match="ran 2 times"):
         grad_cam_maps(model, torch.randn(2, 3, 8, 8), layer="twice")
+    with pytest.raises(ValueError, match="do not depend on layer 'unused'"):
+        grad_cam_maps(model, torch.randn(2, 3, 8, 8), layer="unused")
     assert _hooks(model) == hooks and all(p.requires_grad and p.grad is None for p in model.parameters())

@@ -21,6 +21,8 @@ def test_cpu_presets_share_one_recipe_and_differ_only_in_the_model(name):
     assert config.model_options["width"] == 0.25 and config.model_options["dropout"] is False
     assert config.model_options.get("compat_init") == ("default" if CPU[name].startswith("vgg_att") else None)
     assert (config.subset_train, config.val_fraction, config.epochs, config.warmup_epochs) == (10000, 0.1, 30, 0.5)
+    # the measured short-budget schedule (README, "CPU presets, time to accuracy")
+    assert (config.lr_schedule, config.label_smoothing, config.lr) == ("cosine", 0.1, 0.05)
     ltpa.create_model(config.model, num_classes=config.num_classes, **config.model_options)  # options valid
 
 

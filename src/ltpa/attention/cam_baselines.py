@@ -202,6 +202,9 @@ def grad_cam_maps(
                     raise ValueError(f"target_classes must lie in [0, {out.shape[1]}), got "
                                      f"{chosen.unique().tolist()}.")
                 classes = out.argmax(1) if chosen is None else chosen[start:start + batch_size].to(device)
+                if not out.requires_grad:  # the cut output never reached the class scores
+                    raise ValueError(f"the class scores do not depend on layer {name!r} (it did not run, or its "
+                                     f"output is not used); choose a layer on the path to the logits, e.g. a trunk conv")
                 out.gather(1, classes[:, None]).sum().backward()
                 if len(store.activations) != 1 or len(store.gradients) != 1:
                     raise ValueError(f"layer {name!r} ran {len(store.activations)} times in one forward pass "
