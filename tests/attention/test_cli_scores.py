@@ -8,6 +8,7 @@ from ltpa.attention import compute_maps, energy_pointing_game, grad_cam_maps, po
 from ltpa.attention.ground_truth import load_validation_set
 from ltpa.cli import main
 from ltpa.data.synthetic import SyntheticLocalisation
+from ltpa.attention._inputs import inference_layout
 from ltpa.inference import load_trained
 
 TINY = ["--set", "model_options.width=0.0625", "--set", "num_train=64", "--set", "num_test=32",
@@ -73,8 +74,9 @@ def test_localise_with_a_pointing_variant_calibration_and_label_targets(checkpoi
         assert {"maxboxacc_v2", "gt_known_calibrated", "top1_loc_oracle", "pxap", "road_combined"} <= set(row)
     # --target label: Grad-CAM explains each image's true class, not the prediction
     def scores(target_classes):
-        heat = grad_cam_maps(trained.model, inputs[4:], methods=["gradcam"],
-                             target_classes=target_classes)["gradcam"].upsampled[0]
+        with inference_layout(trained.model):  # localise's layout: equal up to rounding is not enough here
+            heat = grad_cam_maps(trained.model, inputs[4:], methods=["gradcam"],
+                                 target_classes=target_classes)["gradcam"].upsampled[0]
         return [float(pointing_game(heat, mask=masks[4:], ties="any").float().mean()),
                 float(energy_pointing_game(heat, mask=masks[4:], normalise="minmax").nanmean())]
 
