@@ -71,9 +71,8 @@ def inference_layout(model: nn.Module | None) -> Iterator[None]:
     """Run an ltpa model with its conv weights in channels_last inside the block, and put the
     very same weight tensors back afterwards.
 
-    Convolutions run faster in channels_last than in the default layout, with the same fp32
-    math up to rounding: forward passes 1.3x (AVX2) to 1.5x (AVX-512) faster on this project's
-    CPU at the analysis batch sizes. Only ltpa's own models are converted (their code never
+    Convolutions run faster in channels_last than in the default layout (oneDNN's and cuDNN's
+    preferred layout), with the same fp32 math up to rounding. Only ltpa's own models are converted (their code never
     assumes a layout; a user's model may flatten with ``.view``); one whose 4-D weights are not
     all in the default layout (already channels_last, or mixed) is left as it is.
     """

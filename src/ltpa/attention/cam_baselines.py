@@ -171,9 +171,8 @@ def grad_cam_maps(
     wrapper = LogitsOnly(model)
     # Checked against the logits' width after the first batch when the model has no num_classes.
     chosen = _targets(target_classes, count, int(getattr(model, "num_classes", 2**62)))
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
     from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     raw: dict[str, list[Tensor]] = {method: [] for method in methods}
     logits = []
@@ -185,16 +184,15 @@ def grad_cam_maps(
         # score down to the layer only (a small part of the model, not a full backward).
         for param in model.parameters():
             param.requires_grad_(False)
-        cams, hooks = {}, []
+        cams, cut, store = {}, None, None
         try:
             for method in methods:  # only their formulas are used; `store` below captures
                 cams[method] = CAM_METHODS[method](model=wrapper, target_layers=[module])
                 cams[method].activations_and_grads.release()
             # The clone lets the model modify the layer's output in place (an inplace ReLU).
-            hooks.append(module.register_forward_hook(
-                lambda _m, _i, output: output.detach().requires_grad_(True).clone(), prepend=True))
+            cut = module.register_forward_hook(
+                lambda _m, _i, output: output.detach().requires_grad_(True).clone(), prepend=True)
             store = ActivationsAndGradients(wrapper, [module], None)
-            hooks.append(store)
             for start in range(0, count, batch_size):
                 batch = inputs[start:start + batch_size].to(device)
                 out = store(batch)
@@ -218,8 +216,10 @@ def grad_cam_maps(
                 logits.append(out.detach().cpu())
                 store.clear()
         finally:
-            for hook in hooks:
-                hook.release() if isinstance(hook, ActivationsAndGradients) else hook.remove()
+            if store is not None:
+                store.release()
+            if cut is not None:
+                cut.remove()
             for cam in cams.values():
                 cam.activations_and_grads.release()
     all_logits = torch.cat(logits)
