@@ -12,6 +12,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = {
     "train_throughput": ["--width", "0.0625", "--batch", "2", "--steps", "1", "--warmup", "0"],
     "memory": ["--sizes", "32", "--width", "0.0625"],
+    "conv_passes": ["--width", "0.0625", "--batch", "2", "--reps", "1", "--layout", "channels_last"],
     "epoch_throughput": ["--width", "0.0625", "--images", "16", "--batch", "8", "--repeats", "1"],
     "localise_speed": ["--images", "8", "--faithfulness-images", "4", "--width", "0.0625", "--batch", "4"],
     "gpu": ["--tiny", "--skip", "trainer"],  # the trainer section runs in its own test below
@@ -64,6 +65,30 @@ def test_train_throughput_counts_flops_and_shares_of_the_roofline_it_measured(tm
         assert row["roofline_share"] == pytest.approx(expected)
     fast = next(r for r in others if r["path"] == record["fast_path"])
     assert record["speedup"] == pytest.approx(fast["img_per_s"] / peer["img_per_s"])
+
+
+def test_conv_passes_times_each_pass_of_every_conv_the_model_runs(tmp_path):
+    module = _load("conv_passes")
+    layers = module.conv_layers("vgg_att3", 0.0625, 32, 2)
+    model = module.ltpa.create_model("vgg_att3", num_classes=100, width=0.0625)
+    trunk = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and n.startswith("trunk.")]
+    assert [layer["name"] for layer in layers] == trunk and len(trunk) == 15
+    assert layers[0]["input"] == (2, 3, 32, 32)
+    out = tmp_path / "result.json"
+    module.main(["--width", "0.0625", "--batch", "2", "--reps", "1", "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert set(record["layouts"]) == {"channels_last", "NCHW"}
+    for layout in record["layouts"].values():
+        rows = layout["layers"]
+        assert [r["name"] for r in rows] == [layer["name"] for layer in layers]
+        assert rows[0]["grad_input_s"] == 0.0  # the image needs no gradient
+        assert all(r["forward_s"] > 0 and r["grad_weight_s"] > 0 for r in rows)
+        assert all(r["grad_input_s"] > 0 for r in rows[1:])
+        second = rows[1]  # 3x3 conv, stride 1, pad 1: 2 x B x H x W x C_out x C_in x 9 FLOPs
+        b, c_in, h, w = second["input"]
+        assert second["gflop"] == pytest.approx(2 * b * h * w * second["weight"][0] * c_in * 9 / 1e9)
+        for name in ("forward", "grad_input", "grad_weight"):
+            assert layout["totals_s"][name] == pytest.approx(sum(r[f"{name}_s"] for r in rows))
 
 
 @pytest.mark.slow
