@@ -7,8 +7,9 @@ Usage:
 
 Prints the CPU class (ATen capability) and the precision first. Then, all in one process:
 
-* the roofline: dense GEMM GFLOP/s (``torch.mm``, square, best of a few) in fp32 and, when the
-  fast path uses it, in bf16;
+* the roofline: the best dense GEMM GFLOP/s (square, best of a few) in fp32 and, when the fast
+  path uses it, in bf16, of ``torch.mm`` (BLAS) and, on a CPU, of oneDNN's 1x1 convolution
+  (``ltpa.roofline``: MKL may not use the vector units oneDNN uses); both are printed;
 * the FLOPs of one training image (forward + backward, counted by
   ``torch.utils.flop_counter``: 22.7 GFLOP for full-width VGG-att3 at 32x32);
 * img/s of each path and its roofline share = img/s x GFLOP/image / GEMM GFLOP/s of its dtype:
@@ -35,27 +36,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import ltpa
+from ltpa.roofline import gemm_rates
 from ltpa.train.precision import describe_environment, resolve_precision
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def gemm_gflops(dtype: torch.dtype, device: torch.device, *, n: int = 2048, reps: int = 5) -> float:
-    """Best dense ``n x n`` matmul rate in GFLOP/s (2 n^3 FLOPs per product)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
-    torch.mm(a, b)  # warm-up: oneDNN/cuBLAS pick their kernels
-    best = float("inf")
-    for _ in range(reps):
-        _sync(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 def _model(args, device):
@@ -132,9 +119,17 @@ def main(argv=None) -> int:
           f"fast path precision {precision.name} ({environment['precision_choice']})", flush=True)
     fp32 = resolve_precision("fp32", False, str(device))
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision.name)
-    roofline = {"fp32": gemm_gflops(torch.float32, device, n=args.gemm_size)}
-    if low is not None:
-        roofline[precision.name] = gemm_gflops(low, device, n=args.gemm_size)
+    dtypes = {"fp32": torch.float32, **({precision.name: low} if low is not None else {})}
+    kernels: dict[str, dict[str, float]] = {}  # per dtype, the best rate each GEMM kernel reached
+
+    def measure_roofline() -> None:
+        for name, dtype in dtypes.items():
+            rates = gemm_rates(dtype, device, n=args.gemm_size)
+            best = kernels.setdefault(name, {})
+            for kernel, rate in rates.items():
+                best[kernel] = max(best.get(kernel, 0.0), rate)
+
+    measure_roofline()
     flops = gflop_per_image(args, device)
     paths = [Path(args, device, name="fp32 NCHW eager (peer)", channels_last=False, precision=fp32),
              Path(args, device, name="fp32 channels_last", channels_last=True, precision=fp32)]
@@ -151,9 +146,8 @@ def main(argv=None) -> int:
             best[p.name] = min(best[p.name], p.time(args.steps, warmup, device))
         # the roofline again after each round, best kept: on a shared machine a single GEMM
         # timing caught in a busy moment would inflate every share
-        roofline["fp32"] = max(roofline["fp32"], gemm_gflops(torch.float32, device, n=args.gemm_size))
-        if low is not None:
-            roofline[precision.name] = max(roofline[precision.name], gemm_gflops(low, device, n=args.gemm_size))
+        measure_roofline()
+    roofline = {name: max(rates.values()) for name, rates in kernels.items()}
     rows = []
     for p in paths:
         img_s = args.batch * args.steps / best[p.name]
@@ -167,7 +161,9 @@ def main(argv=None) -> int:
     print(f"{args.model} width={args.width} batch={args.batch} size={args.size} on {device} "
           f"({environment['device_name']}, {torch.get_num_threads()} threads), "
           f"{flops:.3f} GFLOP per training image; load average {load[0]:.2f}")
-    print("  roofline (GEMM " + f"{args.gemm_size}^3): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in roofline.items()))
+    print("  roofline (best GEMM " + f"{args.gemm_size}^3): " + ", ".join(
+        f"{k} {v:.0f} GFLOP/s (" + ", ".join(f"{kernel} {rate:.0f}" for kernel, rate in kernels[k].items()) + ")"
+        for k, v in roofline.items()))
     for row in rows:
         extra = f"  peak {row['peak_memory_mib']:.0f} MiB" if "peak_memory_mib" in row else ""
         print(f"  {row['path']:<32} {row['img_per_s']:8.1f} img/s  {100 * row['roofline_share']:5.1f}% of "
@@ -178,7 +174,8 @@ def main(argv=None) -> int:
         record = {"args": vars(args), "device": str(device), "torch": torch.__version__,
                   "python": sys.version.split()[0], "ltpa": ltpa.__version__,
                   "cpu_capability": environment["cpu_capability"], "precision": precision.name,
-                  "environment": environment, "gemm_gflops": roofline, "gflop_per_image": flops,
+                  "environment": environment, "gemm_gflops": roofline, "gemm_kernels": kernels,
+                  "gflop_per_image": flops,
                   "results": rows, "speedup": ratio, "fast_path": fast["path"], "load_average": load,
                   "threads": torch.get_num_threads()}
         with open(args.json, "w") as fh:

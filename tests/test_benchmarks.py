@@ -58,6 +58,8 @@ def test_train_throughput_counts_flops_and_shares_of_the_roofline_it_measured(tm
     module.main([*TINY["train_throughput"], "--gemm-size", "128", "--json", str(out)])
     record = json.loads(out.read_text())
     assert record["gemm_gflops"]["fp32"] > 0 and record["gflop_per_image"] > 0
+    for dtype, kernels in record["gemm_kernels"].items():  # the roofline is the best GEMM kernel
+        assert "torch.mm" in kernels and record["gemm_gflops"][dtype] == max(kernels.values())
     peer, *others = record["results"]
     assert peer["path"].startswith("fp32 NCHW eager") and peer["precision"] == "fp32"
     for row in record["results"]:
