@@ -8,11 +8,12 @@ Usage:
 The layer shapes come from the model itself (a forward hook on every ``nn.Conv2d``); each
 convolution is then timed alone, three ways, as autograd runs it in training
 (``aten.convolution`` for the forward, ``aten.convolution_backward`` with only the input or only
-the weight gradient asked for). Rates are FLOP counts (2 x MACs) over the best of ``--reps``
+the weight gradient asked for, so the two can be told apart). Rates are FLOP counts (2 x MACs) over the best of ``--reps``
 timings, next to the best dense 2048^3 GEMM rate of the same process (``ltpa.roofline``, the
 roofline ``benchmarks/train_throughput.py`` uses). The totals say which pass keeps training under the
-roofline; run it under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` for a CPU without
-AVX-512. Only convolutions called as ``nn.Conv2d`` modules are seen: the attention scores' 1x1
+roofline; run it under ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` to emulate a CPU
+without AVX-512. Training runs the two gradients in one call and adds each conv's bias; both
+differences are small next to the convolutions themselves. Only convolutions called as ``nn.Conv2d`` modules are seen: the attention scores' 1x1
 convolution with one output channel (``F.conv2d`` on the level's weight) is left out; it is about
 1% of a training step.
 """
@@ -59,7 +60,11 @@ def conv_layers(model_name: str, width: float, size: int, batch: int) -> list[di
     return layers
 
 
-def time_layer(layer: dict, channels_last: bool, reps: int, *, first: bool = False) -> dict:
+def layer_passes(layer: dict, channels_last: bool) -> dict:
+    """The three passes of one convolution as callables on random tensors of its shapes:
+    ``forward`` returns the output, ``grad_input`` and ``grad_weight`` return
+    ``aten.convolution_backward``'s triple with only that gradient asked for. The bias is left
+    out (training runs it inside the same kernels; its cost is a sum over the output)."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(layer["input"]).contiguous(memory_format=memory_format)
     w = torch.randn(layer["weight"]).contiguous(memory_format=memory_format)
@@ -67,18 +72,18 @@ def time_layer(layer: dict, channels_last: bool, reps: int, *, first: bool = Fal
     geometry = (list(layer["stride"]), list(layer["padding"]), list(layer["dilation"]), False, [0, 0],
                 layer["groups"])
 
-    def forward():
-        torch.ops.aten.convolution(x, w, None, *geometry)
-
     def backward(mask):
         return lambda: torch.ops.aten.convolution_backward(grad, x, w, None, *geometry, mask)
 
-    passes = {"forward": forward, "grad_input": backward([True, False, False]),
-              "grad_weight": backward([False, True, False])}
+    return {"forward": lambda: torch.ops.aten.convolution(x, w, None, *geometry),
+            "grad_input": backward([True, False, False]), "grad_weight": backward([False, True, False])}
+
+
+def time_layer(layer: dict, channels_last: bool, reps: int, *, first: bool = False) -> dict:
+    passes = layer_passes(layer, channels_last)
     out_b, out_c, out_h, out_w = layer["output"]
-    in_c = layer["weight"][1] * layer["groups"]
-    kh, kw = layer["weight"][2:]
-    flop = 2 * out_b * out_c * out_h * out_w * (in_c // layer["groups"]) * kh * kw
+    in_per_group, kh, kw = layer["weight"][1:]
+    flop = 2 * out_b * out_c * out_h * out_w * in_per_group * kh * kw
     row = {"name": layer["name"], "input": layer["input"], "weight": layer["weight"], "gflop": flop / 1e9}
     if first:  # the image needs no gradient: autograd skips this pass in training
         del passes["grad_input"]
@@ -98,6 +103,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--layout", default="both", choices=("channels_last", "nchw", "both"))
+    parser.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n roofline GEMM")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.threads > 0:
@@ -113,18 +119,18 @@ def main(argv=None) -> int:
               "layouts": {}}
     for channels_last in layouts:
         label = "channels_last" if channels_last else "NCHW"
-        gemm, kernels = matmul_roofline(torch.float32)
+        gemm, kernels = matmul_roofline(torch.float32, n=args.gemm_size)
         rows = [time_layer(layer, channels_last, args.reps, first=i == 0) for i, layer in enumerate(layers)]
-        again, rates = matmul_roofline(torch.float32)  # best of two: one timing caught in a busy moment
-        kernels = {k: max(v, rates[k]) for k, v in kernels.items()}
+        again, later = matmul_roofline(torch.float32, n=args.gemm_size)  # best of two: one may hit a busy moment
+        kernels = {k: max(v, later[k]) for k, v in kernels.items()}
         gemm = max(gemm, again)
-        print(f"\n{args.model} width={args.width} batch={args.batch} {args.size}px, {label}; best GEMM 2048^3 "
-              f"{gemm:.0f} GFLOP/s (" + ", ".join(f"{k} {v:.0f}" for k, v in kernels.items()) + ")")
+        print(f"\n{args.model} width={args.width} batch={args.batch} {args.size}px, {label}; best GEMM "
+              f"{args.gemm_size}^3 {gemm:.0f} GFLOP/s (" + ", ".join(f"{k} {v:.0f}" for k, v in kernels.items()) + ")")
         print(f"  {'layer':<34}{'input':>20}  {'fwd':>6} {'d_in':>6} {'d_w':>6}  GFLOP/s")
         for row in rows:
-            rates = [f"{row['gflop'] / row[f'{p}_s']:6.0f}" if row[f"{p}_s"] else f"{'-':>6}"
+            cells = [f"{row['gflop'] / row[f'{p}_s']:6.0f}" if row[f"{p}_s"] else f"{'-':>6}"
                      for p in ("forward", "grad_input", "grad_weight")]
-            print(f"  {row['name']:<34}{str(list(row['input'])):>20}  " + " ".join(rates))
+            print(f"  {row['name']:<34}{str(list(row['input'])):>20}  " + " ".join(cells))
         totals = {p: sum(r[f"{p}_s"] for r in rows) for p in ("forward", "grad_input", "grad_weight")}
         flops = {p: sum(r["gflop"] for r in rows if r[f"{p}_s"]) for p in totals}
         all_s = sum(totals.values())

@@ -10,9 +10,9 @@ from ltpa.train.precision import cpu_bf16_support
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 TINY = {
-    "train_throughput": ["--width", "0.0625", "--batch", "2", "--steps", "1", "--warmup", "0"],
+    "train_throughput": ["--width", "0.0625", "--batch", "2", "--steps", "1", "--warmup", "0", "--gemm-size", "128"],
     "memory": ["--sizes", "32", "--width", "0.0625"],
-    "conv_passes": ["--width", "0.0625", "--batch", "2", "--reps", "1", "--layout", "channels_last"],
+    "conv_passes": ["--width", "0.0625", "--batch", "2", "--reps", "1", "--layout", "channels_last", "--gemm-size", "128"],
     "epoch_throughput": ["--width", "0.0625", "--images", "16", "--batch", "8", "--repeats", "1"],
     "localise_speed": ["--images", "8", "--faithfulness-images", "4", "--width", "0.0625", "--batch", "4"],
     "gpu": ["--tiny", "--skip", "trainer"],  # the trainer section runs in its own test below
@@ -77,7 +77,7 @@ def test_conv_passes_times_each_pass_of_every_conv_the_model_runs(tmp_path):
     assert [layer["name"] for layer in layers] == trunk and len(trunk) == 15
     assert layers[0]["input"] == (2, 3, 32, 32)
     out = tmp_path / "result.json"
-    module.main(["--width", "0.0625", "--batch", "2", "--reps", "1", "--json", str(out)])
+    module.main(["--width", "0.0625", "--batch", "2", "--reps", "1", "--gemm-size", "128", "--json", str(out)])
     record = json.loads(out.read_text())
     assert set(record["layouts"]) == {"channels_last", "NCHW"}
     for layout in record["layouts"].values():
@@ -91,6 +91,15 @@ def test_conv_passes_times_each_pass_of_every_conv_the_model_runs(tmp_path):
         assert second["gflop"] == pytest.approx(2 * b * h * w * second["weight"][0] * c_in * 9 / 1e9)
         for name in ("forward", "grad_input", "grad_weight"):
             assert layout["totals_s"][name] == pytest.approx(sum(r[f"{name}_s"] for r in rows))
+    # each timed pass computes what its name says
+    layer = layers[1]
+    for channels_last in (True, False):
+        passes = module.layer_passes(layer, channels_last)
+        assert passes["forward"]().shape == layer["output"]
+        grad_input, grad_weight, grad_bias = passes["grad_input"]()
+        assert grad_input.shape == layer["input"] and grad_weight is None and grad_bias is None
+        grad_input, grad_weight, grad_bias = passes["grad_weight"]()
+        assert grad_input is None and grad_weight.shape == layer["weight"] and grad_bias is None
 
 
 @pytest.mark.slow

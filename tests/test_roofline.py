@@ -26,20 +26,18 @@ def test_matmul_roofline_is_the_best_kernel(monkeypatch):
     assert best == 390.0 and rates == {"torch.mm": 180.0, "oneDNN 1x1 conv": 390.0}
 
 
-def test_the_onednn_kernel_computes_the_same_product():
-    # the 1x1 convolution timed as a GEMM must be one: n output channels x n inputs over n pixels
-    n = 64
-    a = torch.randn(n, n)
-    pixels = torch.randn(1, n, 32, n // 32).contiguous(memory_format=torch.channels_last)
-    assert pixels[0, 0].numel() == n  # n pixels: the product is n x n x n, 2 n^3 FLOPs
-    out = torch.nn.functional.conv2d(pixels, a[:, :, None, None])
-    assert torch.allclose(out[0].reshape(n, n), a @ pixels[0].reshape(n, n), atol=1e-4)
+@pytest.mark.parametrize("n", [64, 100])
+def test_the_onednn_operands_make_the_same_n_cubed_product(n):
+    pixels, weight = roofline.conv_gemm_operands(n, torch.float32)
+    assert pixels.shape[1] == n and pixels[0, 0].numel() == n and weight.shape == (n, n, 1, 1)
+    out = torch.nn.functional.conv2d(pixels, weight)
+    assert torch.allclose(out[0].reshape(n, n), weight.flatten(1) @ pixels[0].reshape(n, n), atol=1e-3)
 
 
-@pytest.mark.parametrize("n", [0, 48, -32])
-def test_a_size_the_convolution_cannot_take_is_refused(n):
-    with pytest.raises(ValueError, match="multiple of 32"):
-        roofline.gemm_rates(torch.float32, "cpu", n=n)
+@pytest.mark.parametrize("n, reps", [(0, 5), (-32, 5), (64, 0)])
+def test_sizes_and_repetitions_below_one_are_refused(n, reps):
+    with pytest.raises(ValueError, match="at least 1"):
+        roofline.gemm_rates(torch.float32, "cpu", n=n, reps=reps)
 
 
 def test_real_rates_are_positive():
