@@ -2,7 +2,7 @@
 
 The order, lowest first (worked out from the code; a unit may import any unit of a lower rank)::
 
-    _files, errors, profiling             no ltpa imports: the atomic writer, user errors
+    _files, errors, profiling, roofline   no ltpa imports: the atomic writer, user errors, costs
     models                                the networks
     data                                  data sources, decoding, the one resize
     runs                                  the run folder: config, checkpoints, ownership of folders
@@ -31,7 +31,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "ltpa"
 
 RANK = {
-    "_files": 0, "errors": 0, "profiling": 0,
+    "_files": 0, "errors": 0, "profiling": 0, "roofline": 0,
     "models": 1,
     "data": 2,
     "runs": 3,
