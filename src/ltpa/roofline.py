@@ -3,7 +3,7 @@
 Throughput benchmarks divide a model's FLOP rate by this figure. On a CPU, fp32 ``torch.mm`` goes
 to the BLAS PyTorch was built with (MKL in the official wheels) while convolutions go to oneDNN,
 and the two need not reach the same rate: on this project's AMD EPYC, fp32 ``torch.mm`` ran at
-194-196 GFLOP/s natively and 186-189 under AVX2 emulation, oneDNN's 1x1 convolution at 408-418 and
+194-196 GFLOP/s natively and 186-194 under AVX2 emulation, oneDNN's 1x1 convolution at 408-418 and
 217-228 (``benchmarks/train_throughput.py`` prints both; README, "Performance"). A roofline taken
 from ``torch.mm`` alone put fp32 convolutions above the machine's peak. The roofline is therefore
 the best of both: ``torch.mm`` and a 1x1 convolution over ``n`` pixels, which is the same
