@@ -202,8 +202,7 @@ def _cpu(model: str = "vgg_att3", **changes) -> TrainConfig:
     of train (10% kept for validation) and 2,000 test images, batch 64, lr 0.05 with a half-epoch
     warm-up then a cosine decay to 0, label smoothing 0.1, 30 epochs (not timed at this size:
     on the CIFAR-100 sample an epoch of 4,500 training images and its validation took 31 s in bf16
-    with one thread;
-    README, "CPU presets").
+    with one thread; README, "CPU presets").
 
     At quarter width and this little data, dropout is off and the attention vector u keeps
     PyTorch's default init: with dropout on and the official N(0, sqrt 2) init of u, the att2
