@@ -257,6 +257,32 @@ def test_attention_level_matches_the_paper_equations(compat, normalisation):
     torch.testing.assert_close(g_a, aggregate)
 
 
+@pytest.mark.parametrize("normalisation", ["softmax", "sigmoid"])
+def test_attention_level_keeps_channels_last_in_its_gradient(normalisation):
+    # A channels_last trunk must get a channels_last gradient back from the aggregation: mixed
+    # layouts made the gradient sum and the ReLU backward after it several times slower.
+    from ltpa.models.blocks import AttentionLevel
+
+    torch.manual_seed(0)
+    level = AttentionLevel(6, compat="pc", normalisation=normalisation).to(memory_format=torch.channels_last)
+    local, g = torch.randn(2, 6, 3, 4), torch.randn(2, 6)
+    grads = {}
+
+    def attend(name, leaf):
+        feature = leaf * 1  # not a leaf: autograd hands its gradient over as computed, layout and all
+        feature.register_hook(lambda grad: grads.setdefault(name, grad))
+        g_a = level(feature, g)[0]
+        (g_a * torch.arange(6.0)).sum().backward()
+        return g_a
+
+    expected = attend("nchw", local.clone().requires_grad_())
+    g_a = attend("channels_last", local.contiguous(memory_format=torch.channels_last).requires_grad_())
+    torch.testing.assert_close(g_a, expected)
+    torch.testing.assert_close(grads["channels_last"], grads["nchw"])
+    assert grads["channels_last"].is_contiguous(memory_format=torch.channels_last)
+    assert grads["nchw"].is_contiguous()
+
+
 @pytest.mark.parametrize("name", ["vgg_att3", "vgg", "vgg_gap"])
 def test_activation_checkpointing_gives_the_same_step(name):
     torch.manual_seed(0)

@@ -100,6 +100,20 @@ class GlobalProjection(nn.Module):
         return self.fc(self.drop(F.relu(self.bn(g))))
 
 
+def _weighted_sum(local: Tensor, weights: Tensor) -> Tensor:
+    """``sum_i weights[b, i] * local[b, :, i]`` over the h*w positions: (B, C, h, w), (B, h*w) -> (B, C).
+
+    Done as one bmm over a view of ``local``'s own memory layout, so that the gradient autograd
+    returns for ``local`` has that layout too. With a (B, C, h*w) view of a channels_last map the
+    gradient came back NCHW, and adding it to the trunk's channels_last gradient (and the ReLU
+    backward that follows) ran on mixed strides, several times slower than on matching ones.
+    """
+    if local.dim() == 4 and local.shape[1] > 1 and local.is_contiguous(memory_format=torch.channels_last):
+        pixels = local.permute(0, 2, 3, 1).flatten(1, 2)  # (B, h*w, C), a view of NHWC memory
+        return torch.bmm(weights.unsqueeze(1), pixels).squeeze(1)
+    return torch.bmm(local.flatten(2), weights.unsqueeze(2)).squeeze(2)
+
+
 class AttentionLevel(nn.Module):
     """Compatibility (eq. 2 or dot product), normalisation (eq. 3) and aggregation (eq. 4).
 
@@ -153,14 +167,10 @@ class AttentionLevel(nn.Module):
         else:
             scores = self._scores(local, g)
         flat_scores = scores.float().flatten(1)  # (B, h*w); fp32 keeps softmax exact under autocast
-        flat_local = local.flatten(2)  # (B, C, h*w)
-        if self.normalisation == "softmax":
-            weights = flat_scores.softmax(dim=1)
-            g_a = torch.bmm(flat_local, weights.to(flat_local.dtype).unsqueeze(2)).squeeze(2)
-        else:
-            weights = flat_scores.sigmoid()
-            g_a = torch.bmm(flat_local, weights.to(flat_local.dtype).unsqueeze(2)).squeeze(2)
-            g_a = g_a / flat_local.shape[2]
+        weights = flat_scores.softmax(dim=1) if self.normalisation == "softmax" else flat_scores.sigmoid()
+        g_a = _weighted_sum(local, weights.to(local.dtype))
+        if self.normalisation != "softmax":
+            g_a = g_a / flat_scores.shape[1]
         return g_a, weights.view_as(scores), scores
 
     def _scores(self, local: Tensor, g: Tensor) -> Tensor:
