@@ -303,15 +303,36 @@ def test_fast_dropout_keeps_with_probability_1_minus_p_and_rescales():
 
     torch.manual_seed(0)
     drop = Dropout(0.4)
-    x = torch.ones(200_000, requires_grad=True)
+    x = torch.ones(300_000, requires_grad=True)
     y = drop(x)
     kept = y != 0
     assert abs(kept.float().mean().item() - 0.6) < 0.005
-    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.6))
+    scale = 65536 / round(0.6 * 65536)  # p is rounded to a multiple of 1/65536 on the CPU
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], scale))
+    # Each value comes from one 16-bit lane of a 64-bit random word: every lane must keep 60%
+    # (the word's top lane holds its always-zero sign bit), and neighbours must be independent.
+    by_lane = kept.view(-1, 3).float().mean(0)
+    torch.testing.assert_close(by_lane, torch.full((3,), 0.6), atol=0.006, rtol=0)
+    both = (kept[:-1] & kept[1:]).float().mean().item()
+    assert abs(both - 0.36) < 0.005
     y.sum().backward()
-    torch.testing.assert_close(x.grad, kept.float() / 0.6)  # gradient flows through the kept units only
+    torch.testing.assert_close(x.grad, kept.float() * scale)  # gradient flows through the kept units only
     drop.eval()
     assert drop(x) is x
+
+
+@pytest.mark.parametrize("p", [0.3, 0.5])
+def test_fast_dropout_is_unbiased_and_keeps_the_memory_format(p):
+    from ltpa.models.blocks import Dropout
+
+    torch.manual_seed(1)
+    x = torch.rand(16, 32, 24, 24).contiguous(memory_format=torch.channels_last)
+    y = Dropout(p)(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert abs((y != 0).float().mean().item() - (1 - p)) < 0.005
+    assert abs(y.sum().item() / x.sum().item() - 1) < 0.005
+    for value in (0.0, 1.0):  # no draw: identity and zeros
+        assert Dropout(value)(x).equal(x * (1 - value))
 
 
 def test_fp16_dot_product_scores_do_not_overflow():

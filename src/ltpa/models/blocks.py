@@ -5,6 +5,7 @@ Equation numbers refer to Jetley et al., "Learn To Pay Attention", ICLR 2018, Se
 from __future__ import annotations
 
 import math
+import sys
 from typing import Sequence
 
 import torch
@@ -33,11 +34,15 @@ BN_EPS = 1e-3
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` with the keep mask drawn as ``uniform >= p`` in fp32.
+    """``nn.Dropout`` with a keep mask that is cheaper to draw on the CPU.
 
-    Same distribution and scaling as ``F.dropout`` (keep with probability 1 - p, scale by
-    1 / (1 - p)), but about 1.6x faster on CPU for bf16 feature maps, where ``bernoulli_``
-    dominated the trunk's dropout cost; the mask keeps the input's memory format.
+    Keeps each value with probability 1 - p and scales the kept ones so that the expectation is
+    unchanged, as ``F.dropout`` does; the mask keeps the input's memory format. On the CPU,
+    where PyTorch draws random numbers one at a time on one thread, the mask comes from 16-bit
+    slices of 64-bit random words (:func:`_cpu_keep_mask`): a quarter of the draws of
+    ``rand_like(x) >= p``, and about 4x faster than it (``bernoulli_`` was slower still). Then p
+    is rounded to a multiple of 1/65536 and the scale uses the rounded value, so the output stays
+    unbiased. Elsewhere the mask is ``rand_like(x) >= p``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -45,8 +50,34 @@ class Dropout(nn.Dropout):
             return x
         if self.p == 1:
             return x * 0
-        keep = torch.rand_like(x, dtype=torch.float32) >= self.p
-        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        if x.device.type == "cpu" and _dense(x):
+            keep, keep_probability = _cpu_keep_mask(x, self.p)
+        else:
+            keep, keep_probability = torch.rand_like(x, dtype=torch.float32) >= self.p, 1.0 - self.p
+        return x * keep.to(x.dtype).mul_(1.0 / keep_probability)
+
+
+def _dense(x: Tensor) -> bool:
+    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _cpu_keep_mask(x: Tensor, p: float) -> tuple[Tensor, float]:
+    """A boolean mask shaped and laid out like ``x``, each entry True with probability
+    ``round((1 - p) * 65536) / 65536``, and that probability.
+
+    ``random_()`` on int64 fills 63 uniform random bits per word (the sign bit is 0), so the
+    three low 16-bit lanes of every word are independent uniform int16 values; the fourth, which
+    holds the sign bit, is dropped.
+    """
+    count = x.numel()
+    threshold = round(p * 65536) - 32768  # lanes >= threshold: 32768 - threshold values of 65536
+    words = torch.empty((count + 2) // 3, dtype=torch.int64, device=x.device).random_()
+    lanes = words.view(torch.int16).view(-1, 4)
+    lanes = lanes[:, :3] if sys.byteorder == "little" else lanes[:, 1:]  # the sign bit's lane is dropped
+    bits = (lanes >= threshold).flatten()[:count]
+    keep = torch.empty_like(x, dtype=torch.bool)
+    keep.as_strided((count,), (1,)).copy_(bits)  # dense: its memory is one run of count values
+    return keep, (32768 - threshold) / 65536
 
 
 class ConvBNReLU(nn.Module):
