@@ -15,6 +15,7 @@ TINY = {
     "conv_passes": ["--width", "0.0625", "--batch", "2", "--reps", "1", "--layout", "channels_last", "--gemm-size", "128"],
     "epoch_throughput": ["--width", "0.0625", "--images", "16", "--batch", "8", "--repeats", "1"],
     "localise_speed": ["--images", "8", "--faithfulness-images", "4", "--width", "0.0625", "--batch", "4"],
+    "step_changes": ["--width", "0.0625", "--batch", "2", "--steps", "1", "--rounds", "1"],
     "gpu": ["--tiny", "--skip", "trainer"],  # the trainer section runs in its own test below
     "demo_recipe": ["--seeds", "0", "1", "--set", "model_options.width=0.0625", "--set", "num_train=40",
                     "--set", "num_test=16", "--set", "epochs=1", "--set", "batch_size=8", "--set", "tensorboard=false"],
@@ -145,3 +146,20 @@ def test_demo_recipe_reports_every_seed_as_the_demo_scores_it(tmp_path):
         assert record["test_acc1"] == round(final["test"]["acc1"], 1)
         assert record["pointing"] == {k: round(v["pointing"], 3) for k, v in scored["levels"].items()}
         assert json.loads((folder / "config.json").read_text())["optimisation"]["seed"] == record["seed"]
+
+
+def test_step_changes_times_the_former_code_and_puts_the_current_back(tmp_path):
+    import ltpa.models.blocks as blocks
+
+    module = _load("step_changes")
+    current = blocks._weighted_sum, blocks.Dropout.forward
+    with module.VARIANTS["former aggregation"]():
+        assert blocks._weighted_sum is module._former_weighted_sum
+    with module.VARIANTS["former dropout mask"]():
+        assert blocks.Dropout.forward is module._former_dropout
+    out = tmp_path / "result.json"
+    module.main([*TINY["step_changes"], "--json", str(out)])
+    assert (blocks._weighted_sum, blocks.Dropout.forward) == current
+    record = json.loads(out.read_text())
+    assert set(record["img_per_s"]) == {"current", "former aggregation", "former dropout mask"}
+    assert record["speedup_over_former"]["current"] == 1.0

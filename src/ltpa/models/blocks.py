@@ -61,22 +61,31 @@ def _dense(x: Tensor) -> bool:
     return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
 
 
-def _cpu_keep_mask(x: Tensor, p: float) -> tuple[Tensor, float]:
+def _cpu_keep_mask(x: Tensor, p: float, words_per_chunk: int = 1 << 16) -> tuple[Tensor, float]:
     """A boolean mask shaped and laid out like ``x``, each entry True with probability
     ``round((1 - p) * 65536) / 65536``, and that probability.
 
     ``random_()`` on int64 fills 63 uniform random bits per word (the sign bit is 0), so the
     three low 16-bit lanes of every word are independent uniform int16 values; the fourth, which
-    holds the sign bit, is dropped.
+    holds the sign bit, is dropped. The words are drawn into one small buffer, chunk by chunk, and
+    compared straight into the mask: allocating and touching a full-size buffer of random words
+    cost as much as the draws themselves.
     """
     count = x.numel()
     threshold = round(p * 65536) - 32768  # lanes >= threshold: 32768 - threshold values of 65536
-    words = torch.empty((count + 2) // 3, dtype=torch.int64, device=x.device).random_()
+    keep = torch.empty_like(x, dtype=torch.bool)
+    flat = keep.as_strided((count,), (1,))  # dense: its memory is one run of count values
+    words = torch.empty(min(words_per_chunk, (count + 2) // 3), dtype=torch.int64, device=x.device)
     lanes = words.view(torch.int16).view(-1, 4)
     lanes = lanes[:, :3] if sys.byteorder == "little" else lanes[:, 1:]  # the sign bit's lane is dropped
-    bits = (lanes >= threshold).flatten()[:count]
-    keep = torch.empty_like(x, dtype=torch.bool)
-    keep.as_strided((count,), (1,)).copy_(bits)  # dense: its memory is one run of count values
+    per_chunk = lanes.numel()
+    for start in range(0, count, per_chunk):
+        words.random_()
+        chunk = flat[start:start + per_chunk]
+        if chunk.numel() == per_chunk:
+            torch.ge(lanes, threshold, out=chunk.view(-1, 3))
+        else:
+            chunk.copy_((lanes >= threshold).flatten()[:chunk.numel()])
     return keep, (32768 - threshold) / 65536
 
 
