@@ -43,6 +43,8 @@ def _former_weighted_sum(local: torch.Tensor, weights: torch.Tensor) -> torch.Te
 def _former_dropout(self, x: torch.Tensor) -> torch.Tensor:
     if not self.training or self.p == 0:
         return x
+    if self.p == 1:
+        return x * 0
     keep = torch.rand_like(x, dtype=torch.float32) >= self.p
     return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
 

@@ -284,13 +284,16 @@ def test_attention_level_keeps_channels_last_in_its_gradient(normalisation):
 
 
 @pytest.mark.parametrize("name", ["vgg_att3", "vgg", "vgg_gap"])
-def test_activation_checkpointing_gives_the_same_step(name):
+@pytest.mark.parametrize("dropout", [False, True], ids=["no_dropout", "dropout"])
+def test_activation_checkpointing_gives_the_same_step(name, dropout):
+    # With dropout the recomputed forward must redraw the same masks (the RNG state is replayed).
     torch.manual_seed(0)
-    plain = ltpa.create_model(name, num_classes=4, width=0.125, dropout=False)
-    checkpointed = ltpa.create_model(name, num_classes=4, width=0.125, dropout=False, checkpointing=True)
+    plain = ltpa.create_model(name, num_classes=4, width=0.125, dropout=dropout)
+    checkpointed = ltpa.create_model(name, num_classes=4, width=0.125, dropout=dropout, checkpointing=True)
     checkpointed.load_state_dict(plain.state_dict())
     images = _images(32, batch=4)
     for model in (plain, checkpointed):
+        torch.manual_seed(1)
         model.train()(images).logits.square().sum().backward()
     for (name_a, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, msg=name_a)
@@ -322,17 +325,55 @@ def test_fast_dropout_keeps_with_probability_1_minus_p_and_rescales():
 
 
 @pytest.mark.parametrize("p", [0.3, 0.5])
-def test_fast_dropout_is_unbiased_and_keeps_the_memory_format(p):
+def test_fast_dropout_is_unbiased(p):
     from ltpa.models.blocks import Dropout
 
     torch.manual_seed(1)
     x = torch.rand(16, 32, 24, 24).contiguous(memory_format=torch.channels_last)
     y = Dropout(p)(x)
-    assert y.is_contiguous(memory_format=torch.channels_last)
     assert abs((y != 0).float().mean().item() - (1 - p)) < 0.005
     assert abs(y.sum().item() / x.sum().item() - 1) < 0.005
     for value in (0.0, 1.0):  # no draw: identity and zeros
         assert Dropout(value)(x).equal(x * (1 - value))
+
+
+def test_cpu_keep_mask_is_the_threshold_of_consecutive_random_lanes_across_chunks():
+    # A reference drawn in one go: the chunked mask must use fresh words for every chunk and the
+    # tail, keep a lane exactly when its unsigned value is >= round(p * 65536), and skip the
+    # sign-bit lane of each word.
+    from ltpa.models.blocks import _cpu_keep_mask
+
+    # 77 values: 5 full chunks of 15 and a tail of 2; 400,003 values: 2 chunks of the default
+    # size and a tail, enough values for some lanes to equal the threshold (the >= edge).
+    for count, words_per_chunk in ((77, 5), (400_003, 1 << 16)):
+        for p in (0.3, 0.5, 0.9):
+            torch.manual_seed(5)
+            keep, keep_probability = _cpu_keep_mask(torch.empty(count), p, words_per_chunk=words_per_chunk)
+            torch.manual_seed(5)
+            words = torch.empty((count + 2) // 3, dtype=torch.int64).random_()
+            lanes = words.view(torch.int16).view(-1, 4)[:, :3].flatten()[:count].int() + 32768  # on [0, 65536)
+            assert torch.equal(keep, lanes >= round(p * 65536))
+            assert keep_probability == (65536 - round(p * 65536)) / 65536
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 3, 4), (1, 5, 1, 1), (2, 1, 3, 4), (2, 5, 1, 4), (0, 5, 3, 3)])
+def test_cpu_keep_mask_has_the_input_strides(shape):
+    from ltpa.models.blocks import _cpu_keep_mask
+
+    for x in (torch.ones(shape), torch.ones(shape).contiguous(memory_format=torch.channels_last)):
+        keep, _ = _cpu_keep_mask(x, 0.5)
+        assert keep.shape == x.shape and keep.stride() == x.stride()
+
+
+def test_dropout_handles_empty_inputs_and_p_at_the_ends_of_its_resolution():
+    from ltpa.models.blocks import Dropout
+
+    torch.manual_seed(0)
+    assert Dropout(0.5)(torch.ones(0, 4, 3, 3)).shape == (0, 4, 3, 3)
+    x = torch.ones(1000)
+    nearly_all = Dropout(1 - 2**-18)(x)  # rounds to p = 1 on the 1/65536 grid: drawn exactly instead
+    assert torch.isfinite(nearly_all).all() and (nearly_all == 0).sum() >= 990
+    assert (Dropout(2**-18)(x) != 0).sum() >= 990  # rounds to p = 0 on the grid: drawn exactly instead
 
 
 def test_fp16_dot_product_scores_do_not_overflow():

@@ -40,9 +40,9 @@ class Dropout(nn.Dropout):
     unchanged, as ``F.dropout`` does; the mask keeps the input's memory format. On the CPU,
     where PyTorch draws random numbers one at a time on one thread, the mask comes from 16-bit
     slices of 64-bit random words (:func:`_cpu_keep_mask`): a quarter of the draws of
-    ``rand_like(x) >= p``, and about 4x faster than it (``bernoulli_`` was slower still). Then p
-    is rounded to a multiple of 1/65536 and the scale uses the rounded value, so the output stays
-    unbiased. Elsewhere the mask is ``rand_like(x) >= p``.
+    ``rand_like(x) >= p`` (``bernoulli_`` was slower still). There p is rounded to a multiple of
+    1/65536 and the scale uses the rounded value, so the output stays unbiased. Elsewhere, and for
+    a p that rounds to 0 or 1, the mask is ``rand_like(x) >= p``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -50,43 +50,59 @@ class Dropout(nn.Dropout):
             return x
         if self.p == 1:
             return x * 0
-        if x.device.type == "cpu" and _dense(x):
+        if x.device.type == "cpu" and _one_dense_run(x) and 0 < round(self.p * 65536) < 65536:
             keep, keep_probability = _cpu_keep_mask(x, self.p)
         else:
             keep, keep_probability = torch.rand_like(x, dtype=torch.float32) >= self.p, 1.0 - self.p
         return x * keep.to(x.dtype).mul_(1.0 / keep_probability)
 
 
-def _dense(x: Tensor) -> bool:
+def _one_dense_run(x: Tensor) -> bool:
+    """Whether ``x``'s values fill one run of memory in a layout ``empty_like`` reproduces
+    (contiguous, or channels_last for 4-D); other layouts take the ``rand_like`` path."""
     return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
 
 
 def _cpu_keep_mask(x: Tensor, p: float, words_per_chunk: int = 1 << 16) -> tuple[Tensor, float]:
-    """A boolean mask shaped and laid out like ``x``, each entry True with probability
-    ``round((1 - p) * 65536) / 65536``, and that probability.
+    """Draw a dropout keep mask for ``x`` from 16-bit lanes of random int64 words.
 
-    ``random_()`` on int64 fills 63 uniform random bits per word (the sign bit is 0), so the
-    three low 16-bit lanes of every word are independent uniform int16 values; the fourth, which
-    holds the sign bit, is dropped. The words are drawn into one small buffer, chunk by chunk, and
-    compared straight into the mask: allocating and touching a full-size buffer of random words
-    cost as much as the draws themselves.
+    ``random_()`` on int64 fills 63 uniform random bits per word (the sign bit is 0; a PyTorch
+    detail that ``test_fast_dropout_keeps_with_probability_1_minus_p_and_rescales`` checks per
+    lane), so the three low 16-bit lanes of every word are independent uniform int16 values; the
+    fourth, which holds the sign bit, is dropped. The words are drawn into one small buffer,
+    chunk by chunk, and compared straight into the mask: allocating and touching a full-size
+    buffer of random words cost as much as the draws themselves.
+
+    Args:
+        x: a CPU tensor that :func:`_one_dense_run` accepts.
+        p: drop probability with ``0 < round(p * 65536) < 65536``.
+        words_per_chunk: size of the random-word buffer (tests use a small one to cover chunks).
+
+    Returns:
+        ``(keep, keep_probability)``: a bool tensor with ``x``'s shape and strides, each entry
+        True with probability ``keep_probability = (65536 - round(p * 65536)) / 65536``.
     """
     count = x.numel()
     threshold = round(p * 65536) - 32768  # lanes >= threshold: 32768 - threshold values of 65536
+    keep_probability = (32768 - threshold) / 65536
     keep = torch.empty_like(x, dtype=torch.bool)
-    flat = keep.as_strided((count,), (1,))  # dense: its memory is one run of count values
+    if count == 0:
+        return keep, keep_probability
+    flat = keep.as_strided((count,), (1,))  # one dense run of count values
     words = torch.empty(min(words_per_chunk, (count + 2) // 3), dtype=torch.int64, device=x.device)
     lanes = words.view(torch.int16).view(-1, 4)
     lanes = lanes[:, :3] if sys.byteorder == "little" else lanes[:, 1:]  # the sign bit's lane is dropped
     per_chunk = lanes.numel()
     for start in range(0, count, per_chunk):
-        words.random_()
         chunk = flat[start:start + per_chunk]
         if chunk.numel() == per_chunk:
+            words.random_()
             torch.ge(lanes, threshold, out=chunk.view(-1, 3))
-        else:
-            chunk.copy_((lanes >= threshold).flatten()[:chunk.numel()])
-    return keep, (32768 - threshold) / 65536
+        else:  # the tail: draw only the words it needs
+            needed = (chunk.numel() + 2) // 3
+            words[:needed].random_()
+            chunk.copy_((lanes[:needed] >= threshold).flatten()[:chunk.numel()])
+    return keep, keep_probability
 
 
 class ConvBNReLU(nn.Module):
@@ -148,6 +164,7 @@ def _weighted_sum(local: Tensor, weights: Tensor) -> Tensor:
     gradient came back NCHW, and adding it to the trunk's channels_last gradient (and the ReLU
     backward that follows) ran on mixed strides, several times slower than on matching ones.
     """
+    # With one channel both layouts are the same memory, and the plain view below is exact.
     if local.dim() == 4 and local.shape[1] > 1 and local.is_contiguous(memory_format=torch.channels_last):
         pixels = local.permute(0, 2, 3, 1).flatten(1, 2)  # (B, h*w, C), a view of NHWC memory
         return torch.bmm(weights.unsqueeze(1), pixels).squeeze(1)

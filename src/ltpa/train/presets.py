@@ -255,8 +255,8 @@ def demo_config(**overrides) -> TrainConfig:
     """What ``ltpa demo`` trains (the ``synthetic-vgg-att3`` preset; ``ltpa.demo`` imports it).
 
     VGG-att3 at 3/16 width on 32x32 synthetic images, 8 epochs of 3,600 images: about 3 minutes
-    of fp32 training on 2 AVX2 cores (170 s measured), under 1.5 minutes in bf16 on 2 AVX-512 BF16
-    cores (83 s). The recipe was chosen by measurement under AVX2 emulation over seeds 0-3
+    of fp32 training on 2 AVX2 cores (139-170 s measured; 149 s on 2026-12-02), under 1.5
+    minutes in bf16 on 2 AVX-512 BF16 cores (57-83 s). The recipe was chosen by measurement under AVX2 emulation over seeds 0-3
     (``benchmarks/demo_recipe.py``; README, "The demo's recipe"): lr 0.02 decayed linearly to 0
     after a half-epoch warm-up, with label smoothing 0.1, gave 88.0-97.4% test top-1 on every seed
     tried, where the quarter-width step recipe it replaces gave 79.1% on seed 0 in about twice the
