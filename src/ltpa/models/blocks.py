@@ -162,7 +162,7 @@ def _weighted_sum(local: Tensor, weights: Tensor) -> Tensor:
     Done as one bmm over a view of ``local``'s own memory layout, so that the gradient autograd
     returns for ``local`` has that layout too. With a (B, C, h*w) view of a channels_last map the
     gradient came back NCHW, and adding it to the trunk's channels_last gradient (and the ReLU
-    backward that follows) ran on mixed strides, several times slower than on matching ones.
+    backward that follows) ran on mixed strides, which is slower than on matching ones.
     """
     # With one channel both layouts are the same memory, and the plain view below is exact.
     if local.dim() == 4 and local.shape[1] > 1 and local.is_contiguous(memory_format=torch.channels_last):
