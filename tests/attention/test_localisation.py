@@ -10,8 +10,10 @@ import torch
 from ltpa.attention.localisation import (
     box_to_mask,
     centre_prior,
+    POINTING_OUTCOMES,
     energy_pointing_game,
     pointing_game,
+    pointing_outcomes,
     random_map,
     zhang_tolerance,
 )
@@ -240,3 +242,42 @@ def test_every_metric_is_named_defined_and_cited():
         assert info.definition and info.reference and info.default
         assert info.name in table
     assert "MaxBoxAccV2" in table and "Choe" in table and "Quantus" in table
+
+
+def test_pointing_outcomes_say_where_each_peak_lands():
+    mask = box_to_mask((4, 4, 8, 8), (16, 16))  # object: pixels 4..7
+    other = box_to_mask((11, 11, 13, 13), (16, 16))  # a distractor: pixels 11..12
+    peaks = [(5, 5), (5, 9), (10, 12), (0, 15), (1, 1), (14, 1), (15, 8)]
+    heat = torch.cat([_peaked((16, 16), r, c) for r, c in peaks])
+    outcomes = pointing_outcomes(heat, mask, near=2, others=other.expand(7, 16, 16))
+    assert list(outcomes) == list(POINTING_OUTCOMES)
+    landed = [next(name for name, hits in outcomes.items() if hits[i]) for i in range(len(peaks))]
+    assert landed == ["hit", "near_object", "near_other", "border", "elsewhere", "elsewhere", "border"]
+    assert torch.stack(list(outcomes.values())).sum(0).tolist() == [1] * len(peaks)  # exactly one each
+    # hits and near-object peaks are the pointing game without and within the tolerance
+    assert outcomes["hit"].tolist() == pointing_game(heat, mask=mask).tolist()
+    within = pointing_game(heat, mask=mask, tolerance=2)
+    assert (outcomes["hit"] | outcomes["near_object"]).tolist() == within.tolist()
+    # no distractors: that peak is elsewhere; a wider border takes the peak at (1, 1) and (14, 1)
+    assert pointing_outcomes(heat, mask, near=2)["elsewhere"].tolist() == [False, False, True, False, True, True, False]
+    assert pointing_outcomes(heat, mask, near=2, border=2)["border"].tolist() == [False, False, False, True, True, True,
+                                                                                   True]
+    # a near-object peak that also lies near a distractor counts as near the object (checked first)
+    both = pointing_outcomes(_peaked((16, 16), 9, 9), mask, near=3, others=other)
+    assert both["near_object"].tolist() == [True] and not both["near_other"].any()
+
+
+def test_pointing_outcomes_reject_bad_arguments():
+    heat, mask = _peaked((8, 8), 2, 2), box_to_mask((0, 0, 4, 4), (8, 8))
+    for near in (-1, math.inf, True, "2"):
+        with pytest.raises(ValueError, match="near"):
+            pointing_outcomes(heat, mask, near=near)
+    for border in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="border"):
+            pointing_outcomes(heat, mask, near=1, border=border)
+    with pytest.raises(ValueError, match="others"):
+        pointing_outcomes(heat, mask, near=1, others=mask.float())
+    with pytest.raises(ValueError, match="others"):
+        pointing_outcomes(heat, mask, near=1, others=mask[:4])
+    with pytest.raises(ValueError, match="others"):
+        pointing_outcomes(heat, mask, near=1, others=mask.expand(3, 8, 8))

@@ -28,7 +28,9 @@ __all__ = [
     "centre_prior",
     "energy_pointing_game",
     "minmax",
+    "POINTING_OUTCOMES",
     "pointing_game",
+    "pointing_outcomes",
     "random_map",
     "zhang_tolerance",
 ]
@@ -208,6 +210,79 @@ def _within(region: np.ndarray, tolerance: float) -> np.ndarray:
     ys, xs = np.indices(region.shape)
     distance2 = (ys - nearest[0]) ** 2 + (xs - nearest[1]) ** 2
     return distance2 <= tolerance**2
+
+
+POINTING_OUTCOMES = ("hit", "near_object", "near_other", "border", "elsewhere")
+
+
+def pointing_outcomes(
+    heat: Tensor | np.ndarray,
+    mask: Tensor | np.ndarray,
+    *,
+    near: float,
+    others: Tensor | np.ndarray | None = None,
+    border: int = 1,
+) -> dict[str, Tensor]:
+    """Where each map's peak lands: on the object, or, for a miss, why it missed.
+
+    The pointing game says how often the peak misses, not where it goes; a coarse map whose
+    peak sits on the object's edge and a map drawn to a distractor both score 0. Each peak
+    (ltpa's tie rule, as :func:`pointing_game` with ``ties="centroid"``) falls in exactly one
+    outcome, checked in this order:
+
+    * ``hit``: on a pixel of ``mask`` (the pointing game without tolerance);
+    * ``near_object``: within ``near`` px of the object (e.g. :func:`zhang_tolerance`, where
+      the published pointing game still counts a hit);
+    * ``near_other``: within ``near`` px of a pixel of ``others`` (distractors, other objects);
+    * ``border``: in the outermost ``border`` rows or columns of the image (padding artefacts);
+    * ``elsewhere``: none of these.
+
+    Args:
+        heat: ``(B, H, W)`` or ``(B, 1, H, W)`` finite maps at image resolution.
+        mask: bool ``(H, W)`` or ``(B, H, W)`` object regions.
+        near: distance in pixels between pixel centres, ``>= 0``.
+        others: optional bool ``(H, W)`` or ``(B, H, W)`` regions of other objects (the
+            synthetic set's ``distractor_masks``); without them ``near_other`` is all False.
+        border: width in pixels of the image border, ``>= 0``.
+
+    Returns:
+        ``{outcome: bool (B,)}`` in :data:`POINTING_OUTCOMES` order; exactly one is True per map.
+
+    Raises:
+        ValueError: as :func:`pointing_game`, or a negative ``near`` or ``border``.
+    """
+    if (isinstance(near, bool) or not isinstance(near, (int, float)) or not math.isfinite(near)
+            or near < 0):
+        raise ValueError(f"near must be a finite number of pixels >= 0, got {near!r}.")
+    if isinstance(border, bool) or not isinstance(border, int) or border < 0:
+        raise ValueError(f"border must be a whole number of pixels >= 0, got {border!r}.")
+    maps = check_heat(heat)
+    batch, height, width = maps.shape
+    region = _region(maps, None, mask)
+    rows, columns = peak_pixels(maps)
+    index = torch.arange(batch, device=maps.device)
+
+    def near_region(regions: Tensor) -> Tensor:
+        dilated = np.stack([_within(r, near) for r in regions.cpu().numpy()])
+        return torch.from_numpy(dilated).to(maps.device)[index, rows, columns]
+
+    hit = region[index, rows, columns]
+    near_object = ~hit & near_region(region)
+    if others is None:
+        near_other = torch.zeros_like(hit)
+    else:
+        other = torch.as_tensor(others)
+        if (other.dtype != torch.bool or other.dim() not in (2, 3) or other.shape[-2:] != (height, width)
+                or (other.dim() == 3 and other.shape[0] not in (1, batch))):
+            raise ValueError(f"others must be bool (H, W) or (B, H, W) regions with (B, H, W) = "
+                             f"{(batch, height, width)}, got {other.dtype} {tuple(other.shape)}; empty regions are fine.")
+        other = other.to(maps.device).expand(batch, height, width)
+        near_other = ~hit & ~near_object & near_region(other)
+    on_border = ((rows < border) | (rows >= height - border) | (columns < border) | (columns >= width - border))
+    border_miss = ~hit & ~near_object & ~near_other & on_border
+    elsewhere = ~(hit | near_object | near_other | border_miss)
+    return {"hit": hit, "near_object": near_object, "near_other": near_other, "border": border_miss,
+            "elsewhere": elsewhere}
 
 
 ENERGY_NORMALISATIONS = ("raw", "minmax")
