@@ -141,6 +141,14 @@ def test_demo_trains_scores_and_prints_a_summary(tmp_path):
     assert set(result.localisation["levels"]) == {"conv7", "conv10", "conv13"}
     assert {"centre", "random"} <= set(result.localisation["baselines"])
     assert "pointing game" in result.summary and "(centre)" in result.summary
+    # the pointing game within Zhang et al.'s tolerance, and where every peak landed
+    assert result.localisation["near"] == pytest.approx(15 * 32 / 224)
+    assert "within 2.1 px" in result.summary and "missed peaks" in result.summary
+    for scores in [*result.localisation["levels"].values(), *result.localisation["baselines"].values()]:
+        outcomes = scores["outcomes"]
+        assert sum(outcomes.values()) == pytest.approx(1.0)
+        assert outcomes["hit"] == pytest.approx(scores["pointing"])
+        assert outcomes["hit"] + outcomes["near_object"] == pytest.approx(scores["pointing_near"])
     precision = "bf16" if cpu_supports_bf16() else "fp32"  # the demo trains with precision=auto
     assert f"trained on cpu ({torch.backends.cpu.get_cpu_capability()}, {precision})" in result.summary.splitlines()
     for name in ("attention_overlays.png", "localisation.json", "summary.txt"):

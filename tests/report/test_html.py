@@ -164,6 +164,13 @@ def test_demo_scores_are_shown_as_localisation(tmp_path):
         "baselines": {"centre": {"pointing": 0.16, "energy": 0.078}}}))
     localise = _section(build_report(run).read_text(encoding="utf-8"), "localise")
     assert "conv7" in localise and "0.640" in localise and "(centre)" in localise and "0.160" in localise
+    assert "within" not in localise  # a demo folder from before the tolerance column
+    (run / "localisation.json").write_text(json.dumps({
+        "num_images": 100, "region": "mask", "near": 2.142857,
+        "levels": {"conv7": {"pointing": 0.64, "pointing_near": 0.912, "energy": 0.05}},
+        "baselines": {"centre": {"pointing": 0.16, "pointing_near": 0.334, "energy": 0.078}}}))
+    localise = _section(build_report(run).read_text(encoding="utf-8"), "localise")
+    assert "pointing within 2.1 px" in localise and "0.912" in localise and "0.334" in localise
 
 
 def test_existing_files_are_replaced_only_when_a_report_wrote_them(tmp_path):

@@ -200,13 +200,16 @@ def _localise_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                   *(_number(r.get(c), 3) if not isinstance(r.get(c), str) else r[c] for c in columns)]
                  for r in rows]
         return ["method/level", "kind", *columns], table
-    table = []  # the demo's scores: {"levels": {...}, "baselines": {...}}
+    table = []  # the demo's scores: {"levels": {...}, "baselines": {...}}, "pointing_near" with "near"
+    near = data.get("near")
+    columns = ["pointing", *(["pointing_near"] if near is not None else []), "energy"]
     for group in ("levels", "baselines"):
         for name, scores in (data.get(group) or {}).items():
             label = name if group == "levels" else f"({name})"
             table.append([label, "learned attention" if group == "levels" else "baseline",
-                          _number(scores.get("pointing"), 3), _number(scores.get("energy"), 3)])
-    return ["method/level", "kind", "pointing", "energy"], table
+                          *(_number(scores.get(c), 3) for c in columns)])
+    names = {"pointing_near": f"pointing within {_number(near, 1)} px"}
+    return ["method/level", "kind", *(names.get(c, c) for c in columns)], table
 
 
 def localise_sections(run: RunData) -> list[dict[str, Any]]:
@@ -216,7 +219,7 @@ def localise_sections(run: RunData) -> list[dict[str, Any]]:
     entries = []
     for found in run.localisations:
         header, table = _localise_rows(found.data)
-        info = [(k, fmt(found.data.get(k))) for k in ("num_images", "region", "tolerance", "accuracy",
+        info = [(k, fmt(found.data.get(k))) for k in ("num_images", "region", "tolerance", "near", "accuracy",
                                                        "faithfulness_images", "cam_layer") if k in found.data]
         entries.append({"path": _rel(run, found.path), "info": info, "header": header, "table": table,
                         "figures": [(name, file_uri(path)) for name, path in found.figures.items()],
