@@ -235,6 +235,29 @@ def test_every_model_level_keeps_each_cells_mass_on_its_footprint(name, size):
                                        rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["vgg_att1", "vgg_att2", "vgg_att3", "vgg_gap"])
+def test_mirror_symmetric_filters_give_mirrored_maps_at_every_level(name):
+    """The VGG trunks and the placement favour no side: with filters symmetric in both axes, a
+    mirrored image gives the mirrored map at every level, so a trained model's preference for one
+    side of the object (README, "Where the misses land") is learned, not built in. (A ResNet's
+    stride-2 convolutions sample cells centred on even pixels, a grid that is not its own mirror
+    image; the placement follows that grid.)"""
+    torch.manual_seed(0)
+    model = ltpa.create_model(name, num_classes=3, **_TINY).double()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d):
+                w = module.weight
+                module.weight.copy_((w + w.flip(-1) + w.flip(-2) + w.flip(-1, -2)) / 4)
+    images = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    plain = compute_maps(model, images)
+    for dims in ((-1,), (-2,)):
+        mirrored = compute_maps(model, images.flip(dims))
+        for level, a, b in zip(plain.levels, plain.upsampled, mirrored.upsampled):
+            assert a.std() > 0.01 * a.mean(), f"{name} {level.name}: a flat map proves nothing"
+            torch.testing.assert_close(b.flip(dims), a, rtol=1e-5, atol=1e-9, msg=f"{name} {level.name} {dims}")
+
+
 def test_compute_maps_of_a_resnet_level_sums_to_one_per_image():
     torch.manual_seed(0)
     model = ltpa.create_model("rn_att2", num_classes=3, **_TINY)
