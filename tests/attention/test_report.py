@@ -6,7 +6,7 @@ import torch
 
 import ltpa
 from ltpa.attention import (compute_maps, energy_pointing_game, gap_cam_maps, localise, pointing_game,
-                            segmentation_scores, write_localisation_report)
+                            pointing_outcomes, segmentation_scores, write_localisation_report, zhang_tolerance)
 from ltpa.attention._inputs import prepare_images
 from ltpa.data.synthetic import SyntheticLocalisation
 
@@ -43,6 +43,12 @@ def test_localise_scores_every_method_and_writes_the_report(tmp_path):
 
     for name, heat in heats.items():
         assert [rows[name][k] for k in scores] == pytest.approx(by_hand(heat, data.masks), rel=1e-6), name
+        # where the misses land: with the exact pointing game the shares cover every image
+        outcomes = pointing_outcomes(heat, data.masks, near=zhang_tolerance(heat.shape[-2:]))
+        assert rows[name]["miss_near_object"] == pytest.approx(float(outcomes["near_object"].float().mean()))
+        assert rows[name]["miss_border"] == pytest.approx(float(outcomes["border"].float().mean()))
+        assert rows[name]["pointing"] + rows[name]["miss_near_object"] + rows[name]["miss_border"] \
+            + rows[name]["miss_elsewhere"] == pytest.approx(1.0), name
     assert any([rows[name][k] for k in scores] != pytest.approx(by_hand(heat, data.masks.roll(1, 0)), rel=1e-3)
                for name, heat in heats.items())  # another image's mask gives other numbers
     assert result["explanation"] and result["diagnostics"]["class_agnostic"]

@@ -9,6 +9,7 @@ from ltpa.attention.localisation import (
     centre_prior,
     energy_pointing_game,
     pointing_game,
+    pointing_outcomes,
     random_map,
     zhang_tolerance,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "plot_faithfulness",
     "plot_part_table",
     "pointing_game",
+    "pointing_outcomes",
     "random_map",
     "road",
     "sanity_check",

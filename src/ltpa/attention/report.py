@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,7 +44,8 @@ from ltpa.attention._inputs import in_inference_layout, prepare_images
 from ltpa.attention.cam_baselines import CAM_METHODS, default_cam_layer, gap_cam_maps, grad_cam_maps
 from ltpa.attention.diagnostics import explain, summarise_maps
 from ltpa.attention.faithfulness import ROAD_PERCENTILES, deletion_insertion, plot_faithfulness, road
-from ltpa.attention.localisation import box_to_mask, centre_prior, energy_pointing_game, pointing_game, random_map
+from ltpa.attention.localisation import (box_to_mask, centre_prior, energy_pointing_game, pointing_game, pointing_outcomes,
+                                        random_map, zhang_tolerance)
 from ltpa.attention.maps import AttentionMaps, compute_maps
 from ltpa.attention.metrics import pointing_rule
 from ltpa.attention.metrics.wsol import best_box_iou, box_accuracy_scores, pixel_average_precision, wsol_thresholds
@@ -57,12 +59,14 @@ __all__ = ["METHODS", "DEFAULT_METHODS", "class_targets", "localise", "localise_
 
 METHODS = ("attention", *CAM_METHODS, "cam", "saliency", "centre", "random")
 DEFAULT_METHODS = ("attention", *CAM_METHODS, "centre", "random")
-CSV_COLUMNS = ("method", "level", "kind", "pointing", "energy", "jaccard_fixed", "jaccard_calibrated",
+CSV_COLUMNS = ("method", "level", "kind", "pointing", "miss_near_object", "miss_border", "miss_elsewhere", "energy",
+               "jaccard_fixed", "jaccard_calibrated",
                "calibrated_threshold", "jaccard_oracle", "oracle_threshold", "jaccard_per_image_best_upper_bound",
                "maxboxacc_v2", "boxacc_v2_calibrated", "gt_known_calibrated", "gt_known_oracle",
                "top1_loc_calibrated", "top1_loc_oracle", "pxap", "peak_on_part", "peak_part_fraction",
                "deletion_auc", "insertion_auc", "road_morf", "road_lerf", "road_combined")
-_TABLE_HIDDEN = ("jaccard_per_image_best_upper_bound", "road_morf", "road_lerf", "peak_part_fraction")
+_TABLE_HIDDEN = ("jaccard_per_image_best_upper_bound", "road_morf", "road_lerf", "peak_part_fraction", "miss_border",
+                 "miss_elsewhere")
 PER_CLASS_COLUMNS = ("class", "images", "method", "level", "pointing", "jaccard_fixed", "jaccard_calibrated",
                      "calibrated_threshold", "jaccard_oracle", "oracle_threshold")
 _WSOL_KEYS = ("maxboxacc_v2", "boxacc_v2_calibrated", "gt_known_calibrated", "gt_known_oracle",
@@ -212,7 +216,9 @@ def localise(
         A JSON-ready dict: ``num_images``, ``image_size``, ``region``, ``pointing`` (variant,
         ties, tolerance), ``energy``, ``tolerance``, ``calibration`` (None or the split's size),
         ``accuracy`` (or None), ``rows`` ``{row: {"method", "level", "kind", "pointing",
-        "energy", "jaccard_fixed", ...}}`` (the CSV), ``segmentation`` (full curves), ``wsol``
+        "energy", "miss_near_object", "miss_border", "miss_elsewhere", "jaccard_fixed", ...}}`` (the
+        CSV; the ``miss_*`` shares say where peaks that miss land, within Zhang et al.'s tolerance
+        of the object or not), ``segmentation`` (full curves), ``wsol``
         (per-delta box accuracies) , ``parts`` (table or None), ``faithfulness`` (curves or
         None), ``road`` (curves or None), ``diagnostics`` and ``explanation`` (learned maps;
         None without ``"attention"``), ``per_class`` (None without ``groups``) and ``notes``.
@@ -253,6 +259,7 @@ def localise(
         predictions = compute_maps(model, inputs, batch_size=batch_size).predictions
     correct = None if targets is None else predictions == torch.as_tensor(targets)
     grid = wsol_thresholds(wsol_interval)
+    near = zhang_tolerance((height, width))
 
     table: dict[str, dict] = {}
     segmentation: dict[str, dict] = {}
@@ -267,6 +274,7 @@ def localise(
             "method": row["method"], "level": row["level"], "kind": row["kind"],
             "pointing": float(pointing_game(heat, mask=truth, **rule).float().mean()),
             "energy": float(energy_pointing_game(heat, mask=truth, normalise=energy).nanmean()),
+            **_miss_shares(heat, truth, near),
             **{key: seg[key] for key in ("jaccard_fixed", "jaccard_calibrated", "calibrated_threshold",
                                          "jaccard_oracle", "oracle_threshold", "jaccard_best", "best_threshold",
                                          "jaccard_per_image_best_upper_bound") if key in seg},
@@ -323,6 +331,17 @@ def localise(
         "diagnostics": diagnostics, "explanation": explain(diagnostics) if diagnostics else None,
         "per_class": per_class, "notes": list(notes or []),
     })
+
+
+def _miss_shares(heat: Tensor, truth: Tensor, near: float) -> dict[str, float]:
+    """Where the peaks that miss the region land (ltpa's tie rule, no tolerance), as shares of the
+    images: within ``near`` px of it, on the image border, elsewhere."""
+    with warnings.catch_warnings():  # pointing_game has already warned about empty regions
+        warnings.simplefilter("ignore")
+        outcomes = pointing_outcomes(heat, truth, near=near)
+    return {"miss_near_object": float(outcomes["near_object"].float().mean()),
+            "miss_border": float(outcomes["border"].float().mean()),
+            "miss_elsewhere": float((outcomes["near_other"] | outcomes["elsewhere"]).float().mean())}
 
 
 def _per_class(rows: dict, truth: Tensor, groups: Tensor, group_names: Sequence[str] | None, rule: dict, *,
