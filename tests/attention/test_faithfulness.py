@@ -154,3 +154,55 @@ def test_road_batches_every_map_of_an_image_without_changing_the_result():
         mean = torch.stack(expected[name]).mean(0)
         assert result["methods"][name]["morf"] == pytest.approx(mean[:3].tolist(), rel=1e-6)
         assert result["methods"][name]["lerf"] == pytest.approx(mean[3:].tolist(), rel=1e-6)
+
+
+class _CountingModel(nn.Module):
+    """A small convolutional classifier that counts the images it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                                 nn.Linear(16, 3))
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += x.shape[0]
+        return self.net(x)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5])
+def test_deletion_insertion_equals_a_step_by_step_reference_with_shared_end_points(steps):
+    """Each curve point is the tracked class's probability on the image with the map's top
+    round(k/steps * H*W) pixels replaced (deletion: by 0, the mean of normalised inputs; insertion:
+    the blurred image with the image put back); the end points, the same for every map, take one
+    forward pass per image."""
+    from ltpa.attention.faithfulness import _ranks
+
+    model = _CountingModel()
+    torch.manual_seed(1)
+    images = torch.rand(5, 3, 6, 6)
+    heats = {"a": torch.rand(5, 6, 6), "b": torch.rand(5, 6, 6), "c": torch.rand(5, 6, 6)}
+    result = deletion_insertion(model, images, heats, steps=steps, batch_size=12, deletion_baseline="mean",
+                                insertion_baseline="blur", blur_sigma=1.0)
+    # three end-point images (intact, deleted, blurred) per image, then each curve's inner steps
+    assert model.seen == 5 * 3 + 5 * len(heats) * 2 * (steps - 1)
+    with torch.no_grad():
+        for name, heat in heats.items():
+            curves = {"deletion": [], "insertion": []}
+            for i in range(5):
+                image = images[i]
+                target = int(model(image[None]).argmax(1))
+                order = _ranks(heat[i:i + 1])[0].view(6, 6)
+                mean = torch.zeros_like(image)
+                blurred = blur(image[None], 1.0)[0]
+                for kind, (source, fill) in {"deletion": (image, mean), "insertion": (blurred, image)}.items():
+                    points = []
+                    for k in range(steps + 1):
+                        changed = order < round(k / steps * 36)
+                        probe = torch.where(changed, fill, source)
+                        points.append(float(model(probe[None]).softmax(1)[0, target]))
+                    curves[kind].append(points)
+            for kind in curves:
+                expected = torch.tensor(curves[kind], dtype=torch.float64).mean(0)
+                assert result["methods"][name][kind]["curve"] == pytest.approx(expected.tolist(), rel=1e-5, abs=1e-7)

@@ -113,8 +113,9 @@ def deletion_insertion(
             Never modified.
         saliencies: ``{method or level name: (N, H, W) or (N, 1, H, W)}`` maps at image
             resolution (only their order matters).
-        steps: number of steps from 0 to all pixels, ``>= 1``; each image is evaluated
-            ``steps + 1`` times per curve.
+        steps: number of steps from 0 to all pixels, ``>= 1``; each curve has ``steps + 1``
+            points, of which the first and last (the intact image, the whole baseline) are the
+            same for every map and scored once per image.
         deletion_baseline, insertion_baseline: ``"mean"`` or ``"blur"`` (module docstring).
         blur_sigma: Gaussian sigma in px for ``"blur"``; default 10% of the short side.
         target_classes: ``(N,)`` classes to track; default the model's prediction on the
@@ -122,7 +123,7 @@ def deletion_insertion(
         mean, std: the training normalisation, for uint8 images.
         batch_size: forward-pass batch size (images x steps are batched together).
         progress: show a tqdm bar over the images on stderr (these curves take
-            ``2 * (steps + 1)`` forward passes per image and map).
+            ``2 * (steps - 1)`` forward passes per image and map, plus 3 per image).
 
     Returns:
         ``{"fractions": [steps + 1 floats], "steps", "num_images", "baselines": {...},
@@ -147,7 +148,8 @@ def deletion_insertion(
     pixels = height * width
     fractions = torch.arange(steps + 1, dtype=torch.float64) / steps
     counts = torch.round(fractions * pixels).long()  # pixels changed at each step
-    chunk = max(1, batch_size // (steps + 1))
+    inner = counts[1:-1]  # the steps between the intact image and the full baseline
+    chunk = max(1, batch_size // max(steps - 1, 3))
     methods = {name: {"deletion": [], "insertion": []} for name in heats}
     with preserve_model_state(model), torch.no_grad():
         model.eval()
@@ -155,22 +157,29 @@ def deletion_insertion(
                           leave=False):
             batch = inputs[start:start + chunk].to(device)
             b = batch.shape[0]
-            if target_classes is None:
-                classes = _logits(model, batch).argmax(1)
-            else:
-                classes = torch.as_tensor(target_classes, dtype=torch.int64)[start:start + b].to(device)
             deleted = _baseline(deletion_baseline, batch, sigma)
             inserted = _baseline(insertion_baseline, batch, sigma)
+            # The first and last step of every curve are the intact image or a whole baseline,
+            # whatever the map: one forward pass scores them for all maps.
+            ends = _logits(model, torch.cat([batch, deleted, inserted]))
+            if target_classes is None:
+                classes = ends[:b].argmax(1)
+            else:
+                classes = torch.as_tensor(target_classes, dtype=torch.int64)[start:start + b].to(device)
+            intact, all_deleted, all_inserted = (
+                p.gather(1, classes[:, None]) for p in ends.float().softmax(1).split(b))
             for name, heat in heats.items():
                 ranks = _ranks(heat[start:start + b].to(device))  # (b, H*W)
-                chosen = (ranks[:, None, :] < counts.to(device)[None, :, None]).view(b, steps + 1, 1, height, width)
+                chosen = (ranks[:, None, :] < inner.to(device)[None, :, None]).view(b, steps - 1, 1, height, width)
                 for kind, base in (("deletion", deleted), ("insertion", inserted)):
                     source, fill = (batch, base) if kind == "deletion" else (base, batch)
-                    stacked = torch.where(chosen, fill[:, None], source[:, None])  # (b, S+1, C, H, W)
-                    logits = _logits(model, stacked.flatten(0, 1))
-                    probability = logits.float().softmax(1).view(b, steps + 1, -1)
-                    index = classes.view(b, 1, 1).expand(b, steps + 1, 1)
-                    methods[name][kind].append(probability.gather(2, index)[..., 0].double().cpu())
+                    first, last = (intact, all_deleted) if kind == "deletion" else (all_inserted, intact)
+                    middle = first[:, :0]
+                    if steps > 1:
+                        stacked = torch.where(chosen, fill[:, None], source[:, None])  # (b, S-1, C, H, W)
+                        probability = _logits(model, stacked.flatten(0, 1)).float().softmax(1).view(b, steps - 1, -1)
+                        middle = probability.gather(2, classes.view(b, 1, 1).expand(b, steps - 1, 1))[..., 0]
+                    methods[name][kind].append(torch.cat([first, middle, last], 1).double().cpu())
     result = {}
     for name, curves in methods.items():
         result[name] = {}

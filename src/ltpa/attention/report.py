@@ -201,8 +201,9 @@ def localise(
         thresholds, fixed_threshold: Jaccard threshold grid and fixed threshold.
         wsol_interval: step of the score-map thresholds of the box scores and PxAP.
         faithfulness_images: deletion/insertion/ROAD on the first this many images (``0`` skips
-            them, ``None`` uses all; deletion/insertion cost ``2 * (steps + 1)`` forward passes
-            per row and image, ROAD ``2 * len(road_percentiles)`` imputations and passes).
+            them, ``None`` uses all; deletion/insertion cost ``2 * (steps - 1)`` forward passes
+            per row and image plus 3 per image, ROAD ``2 * len(road_percentiles)`` imputations and
+            passes).
         steps: deletion/insertion steps.
         road_percentiles: ROAD's percentiles; ``None`` or empty skips ROAD.
         seed: seed of the random baseline and of ROAD's imputation noise.
