@@ -204,5 +204,14 @@ def test_deletion_insertion_equals_a_step_by_step_reference_with_shared_end_poin
                         points.append(float(model(probe[None]).softmax(1)[0, target]))
                     curves[kind].append(points)
             for kind in curves:
-                expected = torch.tensor(curves[kind], dtype=torch.float64).mean(0)
-                assert result["methods"][name][kind]["curve"] == pytest.approx(expected.tolist(), rel=1e-5, abs=1e-7)
+                per_image = torch.tensor(curves[kind], dtype=torch.float64)
+                expected = per_image.mean(0)
+                scores = result["methods"][name][kind]
+                assert scores["curve"] == pytest.approx(expected.tolist(), rel=1e-5, abs=1e-7)
+                # the AUC's standard error over the five images, from their own AUCs
+                aucs = [float(torch.trapezoid(c, torch.linspace(0, 1, steps + 1, dtype=torch.float64)))
+                        for c in per_image]
+                assert scores["auc"] == pytest.approx(sum(aucs) / 5, rel=1e-5)
+                assert scores["auc_se"] == pytest.approx(torch.tensor(aucs).std().item() / 5**0.5, rel=1e-4, abs=1e-8)
+    single = deletion_insertion(model, images[:1], {"a": heats["a"][:1]}, steps=steps)
+    assert single["methods"]["a"]["deletion"]["auc_se"] is None  # no spread from one image

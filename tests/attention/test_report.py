@@ -28,6 +28,7 @@ def test_localise_scores_every_method_and_writes_the_report(tmp_path):
     for row in rows.values():
         assert 0 <= row["pointing"] <= 1 and 0 <= row["energy"] <= 1 and 0 <= row["jaccard_best"] <= 1
         assert "deletion_auc" in row and row["peak_on_part"] in ("head", "tail", "none")
+        assert row["deletion_auc_se"] >= 0 and row["insertion_auc_se"] >= 0
     assert rows["attention/conv7"]["kind"].endswith("class-agnostic")
     # the numbers are the metric functions' on each image's own maps and mask
     inputs = prepare_images(data.images, (0.4,) * 3, (0.2,) * 3)

@@ -127,8 +127,9 @@ def deletion_insertion(
 
     Returns:
         ``{"fractions": [steps + 1 floats], "steps", "num_images", "baselines": {...},
-        "methods": {name: {"deletion": {"curve": [...], "auc": float},
-        "insertion": {"curve": [...], "auc": float}}}}``; curves are mean probabilities.
+        "methods": {name: {"deletion": {"curve": [...], "auc": float, "auc_se": float},
+        "insertion": {...}}}}``; curves are mean probabilities, ``auc_se`` is the standard error
+        of the AUC over the images (``None`` for one image).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}.")
@@ -186,8 +187,12 @@ def deletion_insertion(
         for kind, parts in curves.items():
             per_image = torch.cat(parts)  # (N, S+1)
             mean_curve = per_image.mean(0)
+            # The AUC of the mean curve is the mean of the images' AUCs (the trapezoid rule is
+            # linear), so their spread gives its standard error: the precision bought by N images.
+            aucs = torch.trapezoid(per_image, fractions, dim=1)
+            se = float(aucs.std() / math.sqrt(count)) if count > 1 else None
             result[name][kind] = {"curve": [float(v) for v in mean_curve],
-                                  "auc": float(torch.trapezoid(mean_curve, fractions))}
+                                  "auc": float(torch.trapezoid(mean_curve, fractions)), "auc_se": se}
     return {
         "fractions": [float(f) for f in fractions],
         "steps": steps,

@@ -64,9 +64,10 @@ CSV_COLUMNS = ("method", "level", "kind", "pointing", "miss_near_object", "miss_
                "calibrated_threshold", "jaccard_oracle", "oracle_threshold", "jaccard_per_image_best_upper_bound",
                "maxboxacc_v2", "boxacc_v2_calibrated", "gt_known_calibrated", "gt_known_oracle",
                "top1_loc_calibrated", "top1_loc_oracle", "pxap", "peak_on_part", "peak_part_fraction",
-               "deletion_auc", "insertion_auc", "road_morf", "road_lerf", "road_combined")
+               "deletion_auc", "deletion_auc_se", "insertion_auc", "insertion_auc_se", "road_morf", "road_lerf",
+               "road_combined")
 _TABLE_HIDDEN = ("jaccard_per_image_best_upper_bound", "road_morf", "road_lerf", "peak_part_fraction", "miss_border",
-                 "miss_elsewhere")
+                 "miss_elsewhere", "deletion_auc_se", "insertion_auc_se")
 PER_CLASS_COLUMNS = ("class", "images", "method", "level", "pointing", "jaccard_fixed", "jaccard_calibrated",
                      "calibrated_threshold", "jaccard_oracle", "oracle_threshold")
 _WSOL_KEYS = ("maxboxacc_v2", "boxacc_v2_calibrated", "gt_known_calibrated", "gt_known_oracle",
@@ -312,7 +313,8 @@ def localise(
         faithfulness = deletion_insertion(model, inputs[:used], heats, steps=steps, target_classes=classes,
                                           batch_size=max(batch_size, 4 * (steps + 1)), progress=progress)
         for name, scores in faithfulness["methods"].items():
-            table[name].update(deletion_auc=scores["deletion"]["auc"], insertion_auc=scores["insertion"]["auc"])
+            table[name].update(deletion_auc=scores["deletion"]["auc"], deletion_auc_se=scores["deletion"]["auc_se"],
+                               insertion_auc=scores["insertion"]["auc"], insertion_auc_se=scores["insertion"]["auc_se"])
         if road_percentiles:
             road_result = road(model, inputs[:used], heats, percentiles=road_percentiles, target_classes=classes,
                                seed=seed, batch_size=batch_size, progress=progress)

@@ -125,9 +125,10 @@ METRICS: tuple[MetricInfo, ...] = (
         "Area under the precision–recall curve of all pixels pooled (min-max maps, τ step 0.01) "
         "against masks.", "Choe et al., CVPR 2020", "data with masks"),
     MetricInfo(
-        "Deletion / insertion AUC", "deletion_auc, insertion_auc",
+        "Deletion / insertion AUC", "deletion_auc, insertion_auc, deletion_auc_se, insertion_auc_se",
         "Probability of the class as the most salient pixels are replaced by the mean (deletion) or "
-        "copied into a blurred image (insertion), area under the curve.",
+        "copied into a blurred image (insertion), area under the curve; the standard error over the "
+        "images says whether two rows differ.",
         "Petsiuk et al., RISE, BMVC 2018 (causal metrics)", "16 steps, mean / blur"),
     MetricInfo(
         "ROAD", "road_morf, road_lerf, road_combined",
