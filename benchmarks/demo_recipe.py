@@ -7,8 +7,9 @@ Usage:
 Trains ``ltpa.train.presets.demo_config()`` (what ``make demo`` trains), with the ``--set``
 overrides applied (parsed as ``ltpa train --set``), once per seed, one run after the other, then
 scores each run as ``ltpa demo`` does (pointing game per level on the 1000 synthetic test
-images, without tolerance and within Zhang et al.'s). Prints one JSON line per seed and a summary: the spread across seeds is the point, as
-the demo must learn on every machine, not on one lucky seed. Run it under
+images, without tolerance and within Zhang et al.'s). Prints one JSON line per seed and a
+summary: the spread across seeds is the point, as the demo must learn on every machine, not on
+one lucky seed. Run it under
 ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` to see what a CPU without AVX-512 BF16 gets
 (fp32); the capability and precision are printed first. Add ``--set cpu_threads=1`` to run two
 recipes side by side on a 2-core machine (times depend on it; results vary somewhat with it, as fp32
@@ -43,7 +44,8 @@ def run_seed(seed: int, overrides: list[str], out: Path) -> dict:
     within = {level: round(v["pointing_near"], 3) for level, v in scores["levels"].items()}
     return {"seed": seed, "test_acc1": round(run.test["acc1"], 1), "tested_epoch": run.tested_epoch,
             "pointing": pointing, "best_pointing": max(pointing.values()),
-            f"pointing_within_{scores['near']:.1f}px": within, "best_pointing_within": max(within.values()),
+            "near_px": round(scores["near"], 3), "pointing_within": within,
+            "best_pointing_within": max(within.values()),
             "train_and_test_s": round(train_s, 1), "load_avg": round(os.getloadavg()[0], 2)}
 
 
@@ -69,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     within = [r["best_pointing_within"] for r in records]
     print(f"test top-1 over seeds {args.seeds}: min {min(accuracies):.1f}%, mean "
           f"{statistics.fmean(accuracies):.1f}%, max {max(accuracies):.1f}%; best-level pointing min "
-          f"{min(pointing):.3f} (within Zhang et al.'s tolerance: {min(within):.3f}); train+test time mean {statistics.fmean(r['train_and_test_s'] for r in records):.0f} s")
+          f"{min(pointing):.3f} (within Zhang et al.'s tolerance: {min(within):.3f}); train+test time mean "
+          f"{statistics.fmean(r['train_and_test_s'] for r in records):.0f} s")
     if args.json:
         args.json.write_text(json.dumps({"cpu_capability": env["cpu_capability"], "precision": precision.name,
                                          "environment": env, "overrides": args.overrides, "runs": records}, indent=1))

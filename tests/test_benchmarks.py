@@ -145,8 +145,9 @@ def test_demo_recipe_reports_every_seed_as_the_demo_scores_it(tmp_path):
         scored = json.loads((folder / "localisation.json").read_text())
         assert record["test_acc1"] == round(final["test"]["acc1"], 1)
         assert record["pointing"] == {k: round(v["pointing"], 3) for k, v in scored["levels"].items()}
-        assert record["pointing_within_2.1px"] == {k: round(v["pointing_near"], 3) for k, v in scored["levels"].items()}
-        assert record["best_pointing_within"] == max(record["pointing_within_2.1px"].values())
+        assert record["pointing_within"] == {k: round(v["pointing_near"], 3) for k, v in scored["levels"].items()}
+        assert record["best_pointing_within"] == max(record["pointing_within"].values())
+        assert record["near_px"] == round(scored["near"], 3) == round(15 * 32 / 224, 3)
         assert json.loads((folder / "config.json").read_text())["optimisation"]["seed"] == record["seed"]
 
 

@@ -77,3 +77,27 @@ def test_localise_needs_ground_truth_and_known_methods():
     with pytest.raises(ValueError, match="gap_model"):
         localise(model, images, mean=(0.5,) * 3, std=(0.5,) * 3, boxes=torch.tensor([[0, 0, 8, 8]]),
                  methods=("cam",), faithfulness_images=0)
+
+
+def test_miss_columns_count_the_misses_of_the_chosen_pointing_rule():
+    """Five hand-placed peaks against one 4x4 box on 16x16 images: on it, 2 px off, on the border,
+    elsewhere, and a flat map (a hit for the Quantus rule, its centroid peak off the box)."""
+    from ltpa.attention.localisation import box_to_mask
+    from ltpa.attention.metrics import pointing_rule
+    from ltpa.attention.report import _miss_shares
+
+    heat = torch.full((5, 16, 16), 0.1)
+    for index, (row, column) in enumerate([(5, 5), (5, 8), (0, 12), (12, 12)]):
+        heat[index, row, column] = 1.0
+    truth = box_to_mask((3, 3, 7, 7), (16, 16)).expand(5, 16, 16)  # pixels 3..6; the flat map peaks at (7, 7)
+    expected = {  # rule: (pointing, miss_near_object, miss_border, miss_elsewhere), in fifths
+        "ltpa": (1, 2, 1, 1),  # (5, 8) and the flat map's (7, 7) are within 2.5 px of the box
+        "zhang2018": (3, 0, 1, 1),  # both of those are hits
+        "quantus": (2, 1, 1, 1),  # the flat map hits: one of its tied maxima is on the box
+    }
+    for variant, counts in expected.items():
+        rule = pointing_rule(variant, (16, 16), 2.5 if variant == "zhang2018" else None)
+        hits = pointing_game(heat, mask=truth, **rule)
+        shares = _miss_shares(heat, truth, hits, near=2.5)
+        got = (float(hits.float().mean()), shares["miss_near_object"], shares["miss_border"], shares["miss_elsewhere"])
+        assert got == pytest.approx(tuple(c / 5 for c in counts)), variant

@@ -5,6 +5,7 @@ from ltpa.attention.cam_baselines import CAM_METHODS, gap_cam_maps, grad_cam_map
 from ltpa.attention.diagnostics import diagnose, explain, map_statistics, summarise_maps
 from ltpa.attention.faithfulness import deletion_insertion, plot_faithfulness, road
 from ltpa.attention.localisation import (
+    POINTING_OUTCOMES,
     box_to_mask,
     centre_prior,
     energy_pointing_game,
@@ -36,6 +37,7 @@ __all__ = [
     "DISPLAY_MODES",
     "METRICS",
     "PLACE_MODES",
+    "POINTING_OUTCOMES",
     "POINTING_VARIANTS",
     "AttentionMaps",
     "attention_grid",

@@ -23,12 +23,12 @@ from ltpa.attention.peaks import peak_pixels
 
 __all__ = [
     "ENERGY_NORMALISATIONS",
+    "POINTING_OUTCOMES",
     "POINTING_TIES",
     "box_to_mask",
     "centre_prior",
     "energy_pointing_game",
     "minmax",
-    "POINTING_OUTCOMES",
     "pointing_game",
     "pointing_outcomes",
     "random_map",
@@ -249,7 +249,9 @@ def pointing_outcomes(
         ``{outcome: bool (B,)}`` in :data:`POINTING_OUTCOMES` order; exactly one is True per map.
 
     Raises:
-        ValueError: as :func:`pointing_game`, or a negative ``near`` or ``border``.
+        ValueError: as :func:`pointing_game`, a negative ``near`` or ``border``, or ``others``
+            that are not bool ``(H, W)``/``(B, H, W)`` regions.
+        TypeError: a non-bool ``mask``.
     """
     if (isinstance(near, bool) or not isinstance(near, (int, float)) or not math.isfinite(near)
             or near < 0):
@@ -275,7 +277,8 @@ def pointing_outcomes(
         if (other.dtype != torch.bool or other.dim() not in (2, 3) or other.shape[-2:] != (height, width)
                 or (other.dim() == 3 and other.shape[0] not in (1, batch))):
             raise ValueError(f"others must be bool (H, W) or (B, H, W) regions with (B, H, W) = "
-                             f"{(batch, height, width)}, got {other.dtype} {tuple(other.shape)}; empty regions are fine.")
+                             f"{(batch, height, width)}, got {other.dtype} {tuple(other.shape)}; "
+                             "empty regions are fine.")
         other = other.to(maps.device).expand(batch, height, width)
         near_other = ~hit & ~near_object & near_region(other)
     on_border = ((rows < border) | (rows >= height - border) | (columns < border) | (columns >= width - border))

@@ -44,8 +44,8 @@ from ltpa.attention._inputs import in_inference_layout, prepare_images
 from ltpa.attention.cam_baselines import CAM_METHODS, default_cam_layer, gap_cam_maps, grad_cam_maps
 from ltpa.attention.diagnostics import explain, summarise_maps
 from ltpa.attention.faithfulness import ROAD_PERCENTILES, deletion_insertion, plot_faithfulness, road
-from ltpa.attention.localisation import (box_to_mask, centre_prior, energy_pointing_game, pointing_game, pointing_outcomes,
-                                        random_map, zhang_tolerance)
+from ltpa.attention.localisation import (box_to_mask, centre_prior, energy_pointing_game, pointing_game,
+                                        pointing_outcomes, random_map, zhang_tolerance)
 from ltpa.attention.maps import AttentionMaps, compute_maps
 from ltpa.attention.metrics import pointing_rule
 from ltpa.attention.metrics.wsol import best_box_iou, box_accuracy_scores, pixel_average_precision, wsol_thresholds
@@ -272,11 +272,12 @@ def localise(
         seg = segmentation_scores(heat, truth, thresholds=thresholds, fixed_threshold=fixed_threshold,
                                   calibration=held)
         segmentation[name] = seg
+        hits = pointing_game(heat, mask=truth, **rule)
         table[name] = {
             "method": row["method"], "level": row["level"], "kind": row["kind"],
-            "pointing": float(pointing_game(heat, mask=truth, **rule).float().mean()),
+            "pointing": float(hits.float().mean()),
             "energy": float(energy_pointing_game(heat, mask=truth, normalise=energy).nanmean()),
-            **_miss_shares(heat, truth, near),
+            **_miss_shares(heat, truth, hits, near),
             **{key: seg[key] for key in ("jaccard_fixed", "jaccard_calibrated", "calibrated_threshold",
                                          "jaccard_oracle", "oracle_threshold", "jaccard_best", "best_threshold",
                                          "jaccard_per_image_best_upper_bound") if key in seg},
@@ -311,7 +312,7 @@ def localise(
         heats = {name: row["heat"][:used] for name, row in rows.items()}
         classes = None if target_classes is None else torch.as_tensor(target_classes)[:used]
         faithfulness = deletion_insertion(model, inputs[:used], heats, steps=steps, target_classes=classes,
-                                          batch_size=max(batch_size, 4 * (steps + 1)), progress=progress)
+                                          batch_size=max(batch_size, 4 * max(steps - 1, 3)), progress=progress)
         for name, scores in faithfulness["methods"].items():
             table[name].update(deletion_auc=scores["deletion"]["auc"], deletion_auc_se=scores["deletion"]["auc_se"],
                                insertion_auc=scores["insertion"]["auc"], insertion_auc_se=scores["insertion"]["auc_se"])
@@ -336,15 +337,19 @@ def localise(
     })
 
 
-def _miss_shares(heat: Tensor, truth: Tensor, near: float) -> dict[str, float]:
-    """Where the peaks that miss the region land (ltpa's tie rule, no tolerance), as shares of the
-    images: within ``near`` px of it, on the image border, elsewhere."""
-    with warnings.catch_warnings():  # pointing_game has already warned about empty regions
-        warnings.simplefilter("ignore")
+def _miss_shares(heat: Tensor, truth: Tensor, hits: Tensor, near: float) -> dict[str, float]:
+    """Where the peaks of the maps that miss under the pointing rule (``~hits``) land, as shares
+    of the images: within ``near`` px of the region, on the image border, elsewhere. With the
+    rule's hits they cover every image."""
+    with warnings.catch_warnings():  # pointing_game has already warned about these regions
+        warnings.filterwarnings("ignore", message=r".*ground-truth region\(s\) contain no pixel")
         outcomes = pointing_outcomes(heat, truth, near=near)
-    return {"miss_near_object": float(outcomes["near_object"].float().mean()),
-            "miss_border": float(outcomes["border"].float().mean()),
-            "miss_elsewhere": float((outcomes["near_other"] | outcomes["elsewhere"]).float().mean())}
+    misses = ~hits
+    near_object = misses & (outcomes["hit"] | outcomes["near_object"])  # a rule with ties or tolerance
+    border = misses & ~near_object & outcomes["border"]
+    return {"miss_near_object": float(near_object.float().mean()),
+            "miss_border": float(border.float().mean()),
+            "miss_elsewhere": float((misses & ~near_object & ~border).float().mean())}
 
 
 def _per_class(rows: dict, truth: Tensor, groups: Tensor, group_names: Sequence[str] | None, rule: dict, *,

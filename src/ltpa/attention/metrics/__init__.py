@@ -76,9 +76,10 @@ METRICS: tuple[MetricInfo, ...] = (
         "Quantus `PointingGame` (Hedström et al., JMLR 2023)", "`--pointing quantus`"),
     MetricInfo(
         "Where missed peaks land", "miss_near_object, miss_border, miss_elsewhere",
-        "Shares of images whose peak (ltpa's tie rule) misses the region but lies within the Zhang "
-        "2018 tolerance of it (a coarse map's cell on the object's edge), on the image's outermost "
-        "row or column, or elsewhere; with the exact pointing game they sum to 1.",
+        "Shares of images whose map misses under the chosen pointing rule, by where its peak (ltpa's "
+        "tie rule) lies: within the Zhang 2018 tolerance of the region (a coarse map's cell on the "
+        "object's edge), on the image's outermost row or column, or elsewhere; with the pointing "
+        "game they sum to 1.",
         "ltpa's diagnostic; tolerance of Zhang et al., IJCV 2018", "always, beside the pointing game"),
     MetricInfo(
         "Energy pointing game", "energy",
