@@ -102,7 +102,7 @@ def format_summary(run: RunResult, scores: dict, overlays: Path) -> str:
                      f"{share['border']:>11.3f}{share['elsewhere']:>11.3f}")
     lines += [
         f"(share of test images; near = {within}; a coarse map's peak on the object's edge is near the object;",
-        " the baselines' rows show how often a peak lands there by chance)",
+        " the baselines' rows show how often a random or central peak lands there)",
         "",
         f"run folder: {run.out_dir}",
         f"  overlays:    {overlays}",

@@ -28,7 +28,9 @@ def test_localise_scores_every_method_and_writes_the_report(tmp_path):
     for row in rows.values():
         assert 0 <= row["pointing"] <= 1 and 0 <= row["energy"] <= 1 and 0 <= row["jaccard_best"] <= 1
         assert "deletion_auc" in row and row["peak_on_part"] in ("head", "tail", "none")
-        assert row["deletion_auc_se"] >= 0 and row["insertion_auc_se"] >= 0
+    for name, curves in result["faithfulness"]["methods"].items():  # the curves' standard errors, two images
+        assert rows[name]["deletion_auc_se"] == curves["deletion"]["auc_se"] is not None
+        assert rows[name]["insertion_auc_se"] == curves["insertion"]["auc_se"] is not None
     assert rows["attention/conv7"]["kind"].endswith("class-agnostic")
     # the numbers are the metric functions' on each image's own maps and mask
     inputs = prepare_images(data.images, (0.4,) * 3, (0.2,) * 3)
@@ -90,14 +92,15 @@ def test_miss_columns_count_the_misses_of_the_chosen_pointing_rule():
     for index, (row, column) in enumerate([(5, 5), (5, 8), (0, 12), (12, 12)]):
         heat[index, row, column] = 1.0
     truth = box_to_mask((3, 3, 7, 7), (16, 16)).expand(5, 16, 16)  # pixels 3..6; the flat map peaks at (7, 7)
-    expected = {  # rule: (pointing, miss_near_object, miss_border, miss_elsewhere), in fifths
-        "ltpa": (1, 2, 1, 1),  # (5, 8) and the flat map's (7, 7) are within 2.5 px of the box
-        "zhang2018": (3, 0, 1, 1),  # both of those are hits
-        "quantus": (2, 1, 1, 1),  # the flat map hits: one of its tied maxima is on the box
+    expected = {  # (rule, tolerance): (pointing, miss_near_object, miss_border, miss_elsewhere), in fifths
+        ("ltpa", None): (1, 2, 1, 1),  # (5, 8) and the flat map's (7, 7) are within 2.5 px of the box
+        ("zhang2018", 2.5): (3, 0, 1, 1),  # both of those are hits
+        ("zhang2018", 1.5): (2, 1, 1, 1),  # (7, 7) is 1.4 px from the box, (5, 8) 2 px: near, not a hit
+        ("quantus", None): (2, 1, 1, 1),  # the flat map hits: one of its tied maxima is on the box
     }
-    for variant, counts in expected.items():
-        rule = pointing_rule(variant, (16, 16), 2.5 if variant == "zhang2018" else None)
+    for (variant, tolerance), counts in expected.items():
+        rule = pointing_rule(variant, (16, 16), tolerance)
         hits = pointing_game(heat, mask=truth, **rule)
         shares = _miss_shares(heat, truth, hits, near=2.5)
         got = (float(hits.float().mean()), shares["miss_near_object"], shares["miss_border"], shares["miss_elsewhere"])
-        assert got == pytest.approx(tuple(c / 5 for c in counts)), variant
+        assert got == pytest.approx(tuple(c / 5 for c in counts)), (variant, tolerance)

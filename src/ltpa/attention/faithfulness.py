@@ -129,7 +129,8 @@ def deletion_insertion(
         ``{"fractions": [steps + 1 floats], "steps", "num_images", "baselines": {...},
         "methods": {name: {"deletion": {"curve": [...], "auc": float, "auc_se": float},
         "insertion": {...}}}}``; curves are mean probabilities, ``auc_se`` is the standard error
-        of the AUC over the images (``None`` for one image).
+        of the AUC over the images, the sample std of the images' AUCs / sqrt(N) (``None`` for
+        one image).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an int >= 1, got {steps!r}.")

@@ -345,7 +345,9 @@ def _miss_shares(heat: Tensor, truth: Tensor, hits: Tensor, near: float) -> dict
         warnings.filterwarnings("ignore", message=r".*ground-truth region\(s\) contain no pixel")
         outcomes = pointing_outcomes(heat, truth, near=near)
     misses = ~hits
-    near_object = misses & (outcomes["hit"] | outcomes["near_object"])  # a rule with ties or tolerance
+    # ltpa's peak on the region while the rule misses: only a rule whose hits do not include
+    # ltpa's (none of the shipped ones); counted as near the object
+    near_object = misses & (outcomes["hit"] | outcomes["near_object"])
     border = misses & ~near_object & outcomes["border"]
     return {"miss_near_object": float(near_object.float().mean()),
             "miss_border": float(border.float().mean()),

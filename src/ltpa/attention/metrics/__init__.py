@@ -128,8 +128,8 @@ METRICS: tuple[MetricInfo, ...] = (
     MetricInfo(
         "Deletion / insertion AUC", "deletion_auc, insertion_auc, deletion_auc_se, insertion_auc_se",
         "Probability of the class as the most salient pixels are replaced by the mean (deletion) or "
-        "copied into a blurred image (insertion), area under the curve; the standard error over the "
-        "images says whether two rows differ.",
+        "copied into a blurred image (insertion), area under the curve; `_se`: its standard error "
+        "over the images (sample std / √N), per row (the rows share their images).",
         "Petsiuk et al., RISE, BMVC 2018 (causal metrics)", "16 steps, mean / blur"),
     MetricInfo(
         "ROAD", "road_morf, road_lerf, road_combined",
