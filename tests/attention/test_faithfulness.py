@@ -151,9 +151,19 @@ def test_road_batches_every_map_of_an_image_without_changing_the_result():
                 imputed = torch.stack([remove(images[index], heat[index]).float() for remove in removers])
                 expected[name].append(model(imputed).softmax(1)[:, target].double())
     for name in heats:
-        mean = torch.stack(expected[name]).mean(0)
-        assert result["methods"][name]["morf"] == pytest.approx(mean[:3].tolist(), rel=1e-6)
-        assert result["methods"][name]["lerf"] == pytest.approx(mean[3:].tolist(), rel=1e-6)
+        per_image = torch.stack(expected[name])  # (images, 2 * percentiles)
+        mean = per_image.mean(0)
+        scores = result["methods"][name]
+        assert scores["morf"] == pytest.approx(mean[:3].tolist(), rel=1e-6)
+        assert scores["lerf"] == pytest.approx(mean[3:].tolist(), rel=1e-6)
+        # standard errors: sample std over the three images' own scores, / sqrt(3)
+        morf, lerf = per_image[:, :3].mean(1), per_image[:, 3:].mean(1)
+        for key, values in (("road_morf", morf), ("road_lerf", lerf), ("road_combined", (lerf - morf) / 2)):
+            assert scores[key] == pytest.approx(float(values.mean()), rel=1e-6)
+            spread = [(float(v) - float(values.mean())) ** 2 for v in values]
+            assert scores[f"{key}_se"] == pytest.approx((sum(spread) / 2) ** 0.5 / 3 ** 0.5, rel=1e-6)
+    single = road(model, images[:1], {name: heat[:1] for name, heat in heats.items()}, percentiles=percentiles)
+    assert single["methods"]["a"]["road_combined_se"] is None
 
 
 class _CountingModel(nn.Module):

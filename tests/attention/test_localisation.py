@@ -262,6 +262,9 @@ def test_pointing_outcomes_say_where_each_peak_lands():
     assert pointing_outcomes(heat, mask, near=2)["elsewhere"].tolist() == [False, False, True, False, True, True, False]
     assert pointing_outcomes(heat, mask, near=2, border=2)["border"].tolist() == [False, False, False, True, True, True,
                                                                                    True]
+    # (B, 1, H, W) regions, as data sets store masks, give the same outcomes
+    channelled = pointing_outcomes(heat, mask.expand(7, 1, 16, 16), near=2, others=other.expand(7, 1, 16, 16))
+    assert all(torch.equal(channelled[name], outcomes[name]) for name in outcomes)
     # a near-object peak that also lies near a distractor counts as near the object (checked first)
     both = pointing_outcomes(_peaked((16, 16), 9, 9), mask, near=3, others=other)
     assert both["near_object"].tolist() == [True] and not both["near_other"].any()

@@ -31,6 +31,7 @@ def test_localise_scores_every_method_and_writes_the_report(tmp_path):
     for name, curves in result["faithfulness"]["methods"].items():  # the curves' standard errors, two images
         assert rows[name]["deletion_auc_se"] == curves["deletion"]["auc_se"] is not None
         assert rows[name]["insertion_auc_se"] == curves["insertion"]["auc_se"] is not None
+        assert rows[name]["road_combined_se"] == result["road"]["methods"][name]["road_combined_se"] is not None
     assert rows["attention/conv7"]["kind"].endswith("class-agnostic")
     # the numbers are the metric functions' on each image's own maps and mask
     inputs = prepare_images(data.images, (0.4,) * 3, (0.2,) * 3)

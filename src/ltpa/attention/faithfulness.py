@@ -79,6 +79,12 @@ def _logits(model: nn.Module, batch: Tensor) -> Tensor:
     return out.logits if isinstance(out, AttentionOutput) else out
 
 
+def _standard_error(per_image: Tensor) -> float | None:
+    """Standard error of the mean of ``(N,)`` per-image scores: sample std / sqrt(N); None for one image."""
+    count = per_image.numel()
+    return float(per_image.std() / math.sqrt(count)) if count > 1 else None
+
+
 def _ranks(saliency: Tensor) -> Tensor:
     """``(N, H*W)`` int64 rank of each pixel, 0 = most salient (stable on ties)."""
     flat = saliency.flatten(1)
@@ -191,9 +197,9 @@ def deletion_insertion(
             # The AUC of the mean curve is the mean of the images' AUCs (the trapezoid rule is
             # linear), so their spread gives its standard error: the precision bought by N images.
             aucs = torch.trapezoid(per_image, fractions, dim=1)
-            se = float(aucs.std() / math.sqrt(count)) if count > 1 else None
             result[name][kind] = {"curve": [float(v) for v in mean_curve],
-                                  "auc": float(torch.trapezoid(mean_curve, fractions)), "auc_se": se}
+                                  "auc": float(torch.trapezoid(mean_curve, fractions)),
+                                  "auc_se": _standard_error(aucs)}
     return {
         "fractions": [float(f) for f in fractions],
         "steps": steps,
@@ -235,7 +241,9 @@ def road(
     Returns:
         ``{"percentiles", "removed_fractions", "num_images", "methods": {name: {"morf": [mean
         probability per percentile], "lerf": [...], "road_morf", "road_lerf",
-        "road_combined"}}}``.
+        "road_combined", "road_morf_se", "road_lerf_se", "road_combined_se"}}}``; each
+        ``_se`` is the standard error of that score over the images (sample std / sqrt(N) of the
+        per-image scores; None for one image).
     """
     from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
     from pytorch_grad_cam.metrics.road import NoisyLinearImputer
@@ -282,11 +290,16 @@ def road(
                 per_image[name]["lerf"].append(scores[1])
     methods = {}
     for name, kinds in per_image.items():
-        morf = torch.stack(kinds["morf"]).mean(0).numpy()  # (P,)
-        lerf = torch.stack(kinds["lerf"]).mean(0).numpy()
+        morf_images, lerf_images = torch.stack(kinds["morf"]), torch.stack(kinds["lerf"])  # (N, P)
+        morf, lerf = morf_images.mean(0).numpy(), lerf_images.mean(0).numpy()
+        # Each summary is a mean over images of a per-image score (the means commute), so the
+        # spread of those scores gives its standard error, as auc_se does for the curves.
+        per_image_scores = {"road_morf": morf_images.mean(1), "road_lerf": lerf_images.mean(1),
+                            "road_combined": ((lerf_images - morf_images) / 2).mean(1)}
         methods[name] = {"morf": [float(v) for v in morf], "lerf": [float(v) for v in lerf],
                          "road_morf": float(morf.mean()), "road_lerf": float(lerf.mean()),
                          "road_combined": float(((lerf - morf) / 2).mean())}
+        methods[name].update({f"{key}_se": _standard_error(scores) for key, scores in per_image_scores.items()})
     return {"percentiles": grid, "removed_fractions": [(100 - p) / 100 for p in grid], "num_images": count,
             "methods": methods}
 

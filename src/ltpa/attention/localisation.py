@@ -239,9 +239,9 @@ def pointing_outcomes(
 
     Args:
         heat: ``(B, H, W)`` or ``(B, 1, H, W)`` finite maps at image resolution.
-        mask: bool ``(H, W)`` or ``(B, H, W)`` object regions.
+        mask: bool ``(H, W)``, ``(B, H, W)`` or ``(B, 1, H, W)`` object regions.
         near: distance in pixels between pixel centres, ``>= 0``.
-        others: optional bool ``(H, W)`` or ``(B, H, W)`` regions of other objects (the
+        others: optional bool regions of other objects, shaped like ``mask`` (the
             synthetic set's ``distractor_masks``); without them ``near_other`` is all False.
         border: width in pixels of the image border, ``>= 0``.
 
@@ -274,9 +274,11 @@ def pointing_outcomes(
         near_other = torch.zeros_like(hit)
     else:
         other = torch.as_tensor(others)
+        if other.dim() == 4 and other.shape[1] == 1:  # (B, 1, H, W), as mask accepts
+            other = other[:, 0]
         if (other.dtype != torch.bool or other.dim() not in (2, 3) or other.shape[-2:] != (height, width)
                 or (other.dim() == 3 and other.shape[0] not in (1, batch))):
-            raise ValueError(f"others must be bool (H, W) or (B, H, W) regions with (B, H, W) = "
+            raise ValueError(f"others must be bool (H, W), (B, H, W) or (B, 1, H, W) regions with (B, H, W) = "
                              f"{(batch, height, width)}, got {other.dtype} {tuple(other.shape)}; "
                              "empty regions are fine.")
         other = other.to(maps.device).expand(batch, height, width)

@@ -65,9 +65,9 @@ CSV_COLUMNS = ("method", "level", "kind", "pointing", "miss_near_object", "miss_
                "maxboxacc_v2", "boxacc_v2_calibrated", "gt_known_calibrated", "gt_known_oracle",
                "top1_loc_calibrated", "top1_loc_oracle", "pxap", "peak_on_part", "peak_part_fraction",
                "deletion_auc", "deletion_auc_se", "insertion_auc", "insertion_auc_se", "road_morf", "road_lerf",
-               "road_combined")
+               "road_combined", "road_combined_se")
 _TABLE_HIDDEN = ("jaccard_per_image_best_upper_bound", "road_morf", "road_lerf", "peak_part_fraction", "miss_border",
-                 "miss_elsewhere", "deletion_auc_se", "insertion_auc_se")
+                 "miss_elsewhere", "deletion_auc_se", "insertion_auc_se", "road_combined_se")
 PER_CLASS_COLUMNS = ("class", "images", "method", "level", "pointing", "jaccard_fixed", "jaccard_calibrated",
                      "calibrated_threshold", "jaccard_oracle", "oracle_threshold")
 _WSOL_KEYS = ("maxboxacc_v2", "boxacc_v2_calibrated", "gt_known_calibrated", "gt_known_oracle",
@@ -320,7 +320,8 @@ def localise(
             road_result = road(model, inputs[:used], heats, percentiles=road_percentiles, target_classes=classes,
                                seed=seed, batch_size=batch_size, progress=progress)
             for name, scores in road_result["methods"].items():
-                table[name].update({key: scores[key] for key in ("road_morf", "road_lerf", "road_combined")})
+                keys = ("road_morf", "road_lerf", "road_combined", "road_combined_se")
+                table[name].update({key: scores[key] for key in keys})
 
     diagnostics = summarise_maps(learned) if learned is not None else None
     accuracy = None if correct is None else float(correct.float().mean())

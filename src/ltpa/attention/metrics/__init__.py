@@ -132,9 +132,10 @@ METRICS: tuple[MetricInfo, ...] = (
         "over the images (sample std / √N), per row (the rows share their images).",
         "Petsiuk et al., RISE, BMVC 2018 (causal metrics)", "16 steps, mean / blur"),
     MetricInfo(
-        "ROAD", "road_morf, road_lerf, road_combined",
+        "ROAD", "road_morf, road_lerf, road_combined, road_combined_se",
         "Probability of the class after noisy linear imputation of the most (MoRF) / least (LeRF) "
-        "relevant 10…90 % of pixels; combined = mean (LeRF − MoRF)/2.",
+        "relevant 10…90 % of pixels; combined = mean (LeRF − MoRF)/2; `_se`: its standard error "
+        "over the images (sample std / √N of the per-image combined scores).",
         "Rong et al., ROAD, ICML 2022 (grad-cam's implementation)", "percentiles 10…90"),
 )
 
