@@ -151,6 +151,21 @@ def test_demo_recipe_reports_every_seed_as_the_demo_scores_it(tmp_path):
         assert json.loads((folder / "config.json").read_text())["optimisation"]["seed"] == record["seed"]
 
 
+def test_demo_recipe_per_epoch_scores_every_epoch_checkpoint(tmp_path, capsys):
+    out = tmp_path / "recipe.json"
+    assert TINY["demo_recipe"][:3] == ["--seeds", "0", "1"]
+    four_epochs = ["epochs=4" if a == "epochs=1" else a for a in TINY["demo_recipe"][3:]]
+    _load("demo_recipe").main(["--seeds", "0", *four_epochs, "--out", str(tmp_path / "runs"), "--json", str(out),
+                               "--per-epoch"])
+    (record,) = json.loads(out.read_text())["runs"]
+    epochs = record["per_epoch"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4]  # keep_last=0: the default keeps the last two and the best
+    tested = epochs[record["tested_epoch"] - 1]  # the best checkpoint is that epoch's weights, scored alike
+    assert tested["pointing"] == record["pointing"] and tested["pointing_within"] == record["pointing_within"]
+    assert all(e["best_pointing"] == max(e["pointing"].values()) for e in epochs)
+    assert "seed 0 epoch 4: " in capsys.readouterr().out
+
+
 def test_step_changes_times_the_former_code_and_puts_the_current_back(tmp_path):
     import ltpa.models.blocks as blocks
 

@@ -25,7 +25,7 @@ from ._files import atomic_write_bytes, atomic_write_json
 from .train.loop import RunResult, fit
 from .train.presets import demo_config
 
-__all__ = ["demo_config", "run_demo", "DemoResult", "score_synthetic_run"]
+__all__ = ["demo_config", "run_demo", "DemoResult", "score_synthetic_run", "synthetic_run_scores"]
 
 NUM_OVERLAY_IMAGES = 4
 
@@ -38,6 +38,24 @@ class DemoResult:
     overlays_path: Path
 
 
+def synthetic_run_scores(checkpoint: str | Path, *, num_images: int | None = None) -> dict:
+    """The scores :func:`score_synthetic_run` writes, without writing anything (e.g. for every
+    epoch checkpoint of a run: ``benchmarks/demo_recipe.py --per-epoch``)."""
+    return _synthetic_scores(checkpoint, num_images)[0]
+
+
+def _synthetic_scores(checkpoint: str | Path, num_images: int | None):
+    trained = load_trained(checkpoint)
+    config = trained.config
+    test = SyntheticLocalisation(num_images or config.num_test, image_size=config.image_size,
+                                 num_classes=config.num_classes, seed=config.data_seed, split="test")
+    maps = compute_maps(trained.model, trained.prepare(test.images))
+    size = (config.image_size, config.image_size)
+    scores = localisation_scores(maps, masks=test.masks, near=zhang_tolerance(size), others=test.distractor_masks)
+    scores["accuracy"] = float((maps.predictions == test.targets).float().mean())
+    return scores, trained, test, maps
+
+
 def score_synthetic_run(checkpoint: str | Path, out: Path, *, num_images: int | None = None,
                         mode: str = "mass") -> tuple[dict, Path]:
     """Localisation scores and an overlay grid for a checkpoint trained on the synthetic data.
@@ -47,14 +65,7 @@ def score_synthetic_run(checkpoint: str | Path, out: Path, *, num_images: int | 
     to the image) and sorts each peak into a hit or where its miss lands (near the object, near a
     distractor, on the border, elsewhere): coarse levels tend to peak on the object's edge.
     """
-    trained = load_trained(checkpoint)
-    config = trained.config
-    test = SyntheticLocalisation(num_images or config.num_test, image_size=config.image_size,
-                                 num_classes=config.num_classes, seed=config.data_seed, split="test")
-    maps = compute_maps(trained.model, trained.prepare(test.images))
-    size = (config.image_size, config.image_size)
-    scores = localisation_scores(maps, masks=test.masks, near=zhang_tolerance(size), others=test.distractor_masks)
-    scores["accuracy"] = float((maps.predictions == test.targets).float().mean())
+    scores, trained, test, maps = _synthetic_scores(checkpoint, num_images)
     atomic_write_json(out / "localisation.json", scores)
     shown = slice(0, NUM_OVERLAY_IMAGES)
     titles = [f"pred: {trained.class_names[int(p)]}\ntrue: {trained.class_names[int(t)]}"
