@@ -16,11 +16,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .attention import compute_maps, save_figure
+from .attention import AttentionMaps, compute_maps, save_figure
 from .attention.localisation import zhang_tolerance
 from .attention.scoring import localisation_scores
 from .data.synthetic import SyntheticLocalisation
-from .inference import load_trained, overlay_grid_from_arrays
+from .inference import TrainedModel, load_trained, overlay_grid_from_arrays
 from ._files import atomic_write_bytes, atomic_write_json
 from .train.loop import RunResult, fit
 from .train.presets import demo_config
@@ -39,12 +39,16 @@ class DemoResult:
 
 
 def synthetic_run_scores(checkpoint: str | Path, *, num_images: int | None = None) -> dict:
-    """The scores :func:`score_synthetic_run` writes, without writing anything (e.g. for every
-    epoch checkpoint of a run: ``benchmarks/demo_recipe.py --per-epoch``)."""
+    """The scores :func:`score_synthetic_run` writes, computed without writing anything.
+
+    For scoring many checkpoints of one run, e.g. ``benchmarks/demo_recipe.py --per-epoch``.
+    """
     return _synthetic_scores(checkpoint, num_images)[0]
 
 
-def _synthetic_scores(checkpoint: str | Path, num_images: int | None):
+def _synthetic_scores(checkpoint: str | Path, num_images: int | None
+                      ) -> tuple[dict, TrainedModel, SyntheticLocalisation, AttentionMaps]:
+    """Scores, the loaded model, the run's test split and its maps (for the overlays)."""
     trained = load_trained(checkpoint)
     config = trained.config
     test = SyntheticLocalisation(num_images or config.num_test, image_size=config.image_size,

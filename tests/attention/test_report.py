@@ -67,6 +67,7 @@ def test_localise_scores_every_method_and_writes_the_report(tmp_path):
     with open(written["csv"]) as handle:
         table = list(csv.DictReader(handle))
     assert [r["method"] for r in table][:3] == ["attention"] * 3 and "insertion_auc" in table[0]
+    assert float(table[0]["road_combined_se"]) == pytest.approx(result["rows"]["attention/conv7"]["road_combined_se"])
 
 
 def test_localise_needs_ground_truth_and_known_methods():

@@ -250,7 +250,7 @@ def pointing_outcomes(
 
     Raises:
         ValueError: as :func:`pointing_game`, a negative ``near`` or ``border``, or ``others``
-            that are not bool ``(H, W)``/``(B, H, W)`` regions.
+            that are not bool ``(H, W)``/``(B, H, W)``/``(B, 1, H, W)`` regions.
         TypeError: a non-bool ``mask``.
     """
     if (isinstance(near, bool) or not isinstance(near, (int, float)) or not math.isfinite(near)
