@@ -64,10 +64,10 @@ def run_seed(seed: int, overrides: list[str], out: Path, *, per_epoch: bool = Fa
     scores, _ = score_synthetic_run(folder / "checkpoints" / "best.json", folder)
     pointing, within = _pointing(scores)
     record = {"seed": seed, "test_acc1": round(run.test["acc1"], 1), "tested_epoch": run.tested_epoch,
-            "pointing": pointing, "best_pointing": max(pointing.values()),
-            "near_px": round(scores["near"], 3), "pointing_within": within,
-            "best_pointing_within": max(within.values()),
-            "train_and_test_s": round(train_s, 1), "load_avg": round(os.getloadavg()[0], 2)}
+              "pointing": pointing, "best_pointing": max(pointing.values()),
+              "near_px": round(scores["near"], 3), "pointing_within": within,
+              "best_pointing_within": max(within.values()),
+              "train_and_test_s": round(train_s, 1), "load_avg": round(os.getloadavg()[0], 2)}
     if per_epoch:
         record["per_epoch"] = per_epoch_scores(folder)
     return record
