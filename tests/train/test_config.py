@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from ltpa.train import TrainConfig, apply_overrides
 from ltpa.train.precision import resolve_precision
@@ -90,6 +91,9 @@ def test_unknown_override_key_suggests_the_closest_and_lists_valid_keys():
     ({"lr_milestones": (120, 60)}, "lr_milestones"), ({"std": (0.1, 0.0, 0.1)}, "std"),
     ({"val_fraction": 0.0, "test_weights": "best"}, "test_weights"),
     ({"nesterov": True, "momentum": 0.0}, "nesterov"),
+    ({"optimizer": "adam"}, "optimizer"),
+    ({"optimizer": "adamw", "nesterov": True}, "nesterov"),
+    ({"optimizer": "adamw", "dampening": 0.9}, "dampening"),
 ])
 def test_validate_names_the_bad_key(changes, key):
     with pytest.raises(ValueError, match=f"config {key}="):
@@ -102,3 +106,27 @@ def test_precision_fp32_on_cpu_disables_autocast_and_scaler():
     with pytest.raises(ValueError, match="fp16"):
         resolve_precision("fp16", "auto", "cpu")
     assert resolve_precision("auto", "auto", "cpu").name in ("bf16", "fp32")
+
+
+def test_make_optimizer_builds_sgd_or_adamw_from_the_config():
+    from ltpa.train.run_setup import make_optimizer
+
+    groups = lambda: [{"params": [torch.nn.Parameter(torch.zeros(2))]}]  # noqa: E731
+    sgd = make_optimizer(groups(), TrainConfig(lr=0.05, momentum=0.8, nesterov=True, weight_decay=1e-4))
+    assert type(sgd) is torch.optim.SGD
+    assert sgd.defaults["momentum"] == 0.8 and sgd.defaults["nesterov"] and sgd.defaults["lr"] == 0.05
+    adamw = make_optimizer(groups(), TrainConfig(optimizer="adamw", lr=1e-3, momentum=0.85, weight_decay=0.05))
+    assert type(adamw) is torch.optim.AdamW
+    assert adamw.defaults["betas"] == (0.85, 0.999) and adamw.defaults["weight_decay"] == 0.05
+    assert adamw.defaults["lr"] == 1e-3
+
+
+def test_unusual_settings_judge_lr_and_weight_decay_by_the_optimizer():
+    from ltpa.train.failures import unusual_settings
+
+    assert unusual_settings(TrainConfig(lr=0.05, weight_decay=5e-4)) == []
+    assert unusual_settings(TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05)) == []
+    flagged = unusual_settings(TrainConfig(optimizer="adamw", lr=0.05, weight_decay=0.5))
+    assert [item.split("=")[0] for item in flagged] == ["lr", "weight_decay"]
+    assert "AdamW" in flagged[0]
+    assert unusual_settings(TrainConfig(weight_decay=0.05)) == ["weight_decay=0.05 (usually 5e-4)"]

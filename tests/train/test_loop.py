@@ -115,13 +115,17 @@ def test_tiny_run_writes_the_run_folder(tmp_path):
     assert result.test == final["test"]
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, optimizer):
     # Dropout, flips and crops are all on: the resumed run must reproduce the RNG streams too.
     straight, split = tmp_path / "straight", tmp_path / "split"
     options = {"width": 0.0625, "dropout": True}
-    fit(_config(epochs=2, model_options=options), straight, progress=False)
-    fit(_config(epochs=1, model_options=options), split, progress=False)
-    fit(_config(epochs=2, model_options=options), split, resume=True, progress=False)
+    recipe = dict(model_options=options, optimizer=optimizer)
+    if optimizer == "adamw":
+        recipe.update(lr=1e-3, weight_decay=0.05)
+    fit(_config(epochs=2, **recipe), straight, progress=False)
+    fit(_config(epochs=1, **recipe), split, progress=False)
+    fit(_config(epochs=2, **recipe), split, resume=True, progress=False)
 
     a = load_checkpoint(straight / "checkpoints" / "epoch_0002")
     b = load_checkpoint(split / "checkpoints" / "epoch_0002")
@@ -131,8 +135,11 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
         assert torch.equal(a.model_state[key], b.model_state[key]), key
     opt_a, opt_b = a.states["optimizer"], b.states["optimizer"]
     assert opt_a["param_groups"] == opt_b["param_groups"]
+    buffers = {"sgd": {"momentum_buffer"}, "adamw": {"step", "exp_avg", "exp_avg_sq"}}[optimizer]
     for index, state in opt_a["state"].items():
-        assert torch.equal(state["momentum_buffer"], opt_b["state"][index]["momentum_buffer"])
+        assert set(state) == buffers == set(opt_b["state"][index])
+        for name in buffers:
+            assert torch.equal(state[name], opt_b["state"][index][name]), (index, name)
     assert a.states["scheduler"] == b.states["scheduler"]
     strip = lambda r: {k: v for k, v in r.items() if k not in ("images_per_s", "seconds")}  # noqa: E731
     assert [strip(r) for r in _records(straight)] == [strip(r) for r in _records(split)]

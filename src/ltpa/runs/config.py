@@ -20,6 +20,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 RESIZE_MODES = ("resize_crop", "bbox_crop", "squash")
 TEST_WEIGHTS = ("auto", "best", "final")
 LR_SCHEDULES = ("step", "cosine", "linear")
+OPTIMIZERS = ("sgd", "adamw")
 FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max
 MAX_CPU_THREADS = 1024
 
@@ -66,6 +67,9 @@ class TrainConfig:
     batch_size: int = _in("optimisation", 128)
     drop_last: bool = _in("optimisation", True)  # the official code drops the last partial batch
     eval_batch_size: int = _in("run", 256)
+    # "sgd" (the paper) or "adamw" (torch.optim.AdamW: momentum is its beta1, beta2 0.999, decoupled
+    # weight decay, typically lr 1e-3 and weight_decay 0.05)
+    optimizer: str = _in("optimisation", "sgd")
     lr: float = _in("optimisation", 0.1)
     momentum: float = _in("optimisation", 0.9)
     weight_decay: float = _in("optimisation", 5e-4)
@@ -206,10 +210,16 @@ class TrainConfig:
             raise bad("label_smoothing", "a fraction in [0, 1), e.g. 0.1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise bad("val_fraction", "a fraction in [0, 1)")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"one of {OPTIMIZERS}")
         if self.nesterov and self.momentum == 0:
             raise bad("nesterov", "False when momentum is 0 (Nesterov needs momentum > 0)")
         if not 0.0 <= self.dampening < 1.0 or (self.nesterov and self.dampening != 0):
             raise bad("dampening", "a number in [0, 1), and 0 with nesterov")
+        # SGD-only settings would be silently ignored by AdamW
+        for key in ("nesterov", "dampening"):
+            if self.optimizer != "sgd" and getattr(self, key):
+                raise bad(key, f"false/0 with optimizer={self.optimizer!r} (an SGD setting; AdamW has none)")
         if self.precision not in PRECISIONS:
             raise bad("precision", f"one of {PRECISIONS}")
         if self.channels_last not in ("auto", True, False):

@@ -40,12 +40,14 @@ def _rebuild_disk_full(parts, errno_code, filename):
 def unusual_settings(config: TrainConfig) -> list[str]:
     """Settings far from the usual recipes that can make a run blow up or stall."""
     found = []
-    if config.lr > 1.0:
-        found.append(f"lr={config.lr:g} (the paper's recipes use 0.1-1)")
+    adamw = config.optimizer == "adamw"
+    if config.lr > (0.01 if adamw else 1.0):
+        found.append(f"lr={config.lr:g} (" + ("AdamW usually trains with 1e-4 to 3e-3)" if adamw
+                                            else "the paper's recipes use 0.1-1)"))
     if config.momentum > 0.95:
         found.append(f"momentum={config.momentum:g} (usually 0.9; near 1 every step adds up all the earlier ones)")
-    if config.weight_decay > 0.01:
-        found.append(f"weight_decay={config.weight_decay:g} (usually 5e-4)")
+    if config.weight_decay > (0.3 if adamw else 0.01):
+        found.append(f"weight_decay={config.weight_decay:g} (usually " + ("0.05 with AdamW)" if adamw else "5e-4)"))
     if config.lr_gamma > 1 or any(g > 1 for g in config.lr_milestone_gammas):
         found.append("an lr_gamma/lr_milestone_gammas above 1, which raises the lr at each step")
     found += [f"lr_multipliers {pattern!r}: {factor:g} (raises that group's lr)"
@@ -61,7 +63,8 @@ def _hints(config: TrainConfig | None) -> list[str | Setting]:
     first = ("Unusual settings that can cause this: " + "; ".join(unusual) + ". Otherwise: "
              if unusual else "Things to try: ")
     lr = f" (now {config.lr:g})" if config is not None else ""
-    return [first, f"lower the learning rate{lr}: ", Setting("lr", 0.01),
+    lower = 3e-4 if config is not None and config.optimizer == "adamw" else 0.01
+    return [first, f"lower the learning rate{lr}: ", Setting("lr", lower),
             "; for softmax-attention models trained with the official lr=1.0 recipe, enable the gradient "
             "averaging of the original code (", Setting("model_options.grad_average", True), ") or use lr=0.1; "
             "add warm-up (", Setting("warmup_epochs", 1), ") or gradient clipping (", Setting("grad_clip_norm", 5),

@@ -130,7 +130,7 @@ def train_one_epoch(
     position: dict[str, Any] | None = None,
     after_step: Callable[[dict[str, Any]], bool] | None = None,
 ) -> dict[str, float]:
-    """One pass over ``loader``: cross-entropy on ``model(images).logits``, SGD step per batch,
+    """One pass over ``loader``: cross-entropy on ``model(images).logits``, optimizer step per batch,
     and a scheduler step per batch (the lr lambdas of :func:`make_lr_lambda` count steps).
 
     The loss is checked for NaN/inf at the first batch and every ``log_every`` batches (each

@@ -31,7 +31,7 @@ from .evaluation import build_model
 from .precision import Precision, resolve_precision
 from ..runs.layout import CHECKPOINT_DIR, ZCA_FILE, check_run_folder
 from .run_dir import collect_log_records
-from .run_setup import load_transfer_source, make_lr_lambda, param_groups, transfer_init
+from .run_setup import load_transfer_source, make_lr_lambda, make_optimizer, param_groups, transfer_init
 from ..errors import Option, Setting, UserError
 
 __all__ = ["RunPlan", "plan_run", "saved_config"]
@@ -52,7 +52,7 @@ class RunPlan:
         zca: the whitening fitted on the train split, to save (None on resume or without ZCA);
             whiten: the batch function the loaders apply (None without ZCA).
         transfer_report: what ``config.init`` loaded, to save (None without init or on resume).
-        trainable: names of the parameters SGD trains.
+        trainable: names of the parameters the optimizer trains.
         train_loader, val_loader, test_loader: batches ready for the model.
         optimizer, scheduler, scaler: holding the checkpoint's states on resume.
         resumed: the checkpoint a resumed run continues from, else None.
@@ -157,8 +157,7 @@ def _plan(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, o
     train_loader, val_loader, test_loader = _loaders(config, data, precision, whiten, dist)
     _check_micro_batches(config, model, train_loader, dist)
 
-    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, dampening=config.dampening,
-                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    optimizer = make_optimizer(groups, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(config, len(train_loader)))
     scaler = precision.grad_scaler()
     plan = RunPlan(config=config, out_dir=out_dir, action=action, precision=precision, data=data,

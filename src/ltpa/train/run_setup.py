@@ -20,7 +20,7 @@ from ..runs.preprocess import save_whitening
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AttentionOverlays", "write_run_files", "load_transfer_source", "transfer_init", "param_groups", "head_only", "wrap", "tensorboard",
+__all__ = ["AttentionOverlays", "write_run_files", "load_transfer_source", "transfer_init", "param_groups", "make_optimizer", "head_only", "wrap", "tensorboard",
            "log_scalars", "make_lr_lambda"]
 
 
@@ -76,10 +76,19 @@ def param_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
                         lr_multipliers=dict(config.lr_multipliers), base_lr=config.lr)
 
 
+def make_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
+    """SGD as the paper trains, or AdamW (``momentum`` as its beta1; decoupled weight decay)."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, betas=(config.momentum, 0.999),
+                                 weight_decay=config.weight_decay)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, dampening=config.dampening,
+                           weight_decay=config.weight_decay, nesterov=config.nesterov)
+
+
 def head_only(model: nn.Module, trainable: set[str], head_only: bool) -> None:
     """During head warm-up only the classifier head (``head.*``) trains; frozen stays frozen.
 
-    Parameters without gradients are skipped by SGD (no momentum, no weight decay)."""
+    Parameters without gradients are skipped by the optimizer (no momentum, no weight decay)."""
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable and (not head_only or name.startswith("head.")))
 
