@@ -31,6 +31,16 @@ def test_a_decaying_schedule_keeps_its_epochs_on_resume():
             resume_config(saved, dataclasses.replace(saved, epochs=6))
 
 
+def test_a_run_keeps_its_optimizer_on_resume_and_old_configs_read_as_sgd():
+    from ltpa.runs.config import resume_config
+
+    saved = TrainConfig(optimizer="adamw", lr=1e-3)
+    with pytest.raises(ValueError, match="optimizer: run has 'adamw', given 'sgd'"):
+        resume_config(saved, dataclasses.replace(saved, optimizer="sgd"))
+    before_the_option = {k: v for k, v in TrainConfig().to_dict().items() if k != "optimizer"}
+    assert TrainConfig.from_dict(before_the_option).optimizer == "sgd"
+
+
 def test_grouped_and_flat_dicts_load_the_same_config():
     config = TrainConfig(lr=0.3, model_options={"width": 0.5}, mean=(0.1, 0.2, 0.3), device="cpu")
     grouped = config.to_dict(grouped=True)
