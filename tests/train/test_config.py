@@ -130,3 +130,26 @@ def test_unusual_settings_judge_lr_and_weight_decay_by_the_optimizer():
     assert [item.split("=")[0] for item in flagged] == ["lr", "weight_decay"]
     assert "AdamW" in flagged[0]
     assert unusual_settings(TrainConfig(weight_decay=0.05)) == ["weight_decay=0.05 (usually 5e-4)"]
+
+
+def test_divergence_hints_suit_the_optimizer_and_never_raise_the_lr():
+    from ltpa.train.failures import diverged
+
+    def hint(**changes) -> str:
+        return str(diverged(float("nan"), "in epoch 1", TrainConfig(**changes)))
+
+    assert "set lr=0.01 " in hint(lr=0.05) and "grad_average" in hint(lr=0.05)
+    assert "set lr=0.0003 " in hint(optimizer="adamw", lr=1e-3, weight_decay=0.05)
+    adamw = hint(optimizer="adamw", lr=1e-4, weight_decay=0.05)
+    assert "set lr=1e-05 " in adamw and "grad_average" not in adamw  # an SGD recipe's remedy
+    assert "set lr=0.0005 " in hint(lr=0.005)
+
+
+def test_adamw_with_an_sgd_lr_is_warned_about_before_the_run(caplog):
+    from ltpa.train.run_plan import _warn_sgd_values_with_adamw
+
+    with caplog.at_level("WARNING", logger="ltpa"):
+        _warn_sgd_values_with_adamw(TrainConfig(optimizer="adamw", lr=0.02))
+        _warn_sgd_values_with_adamw(TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05))
+        _warn_sgd_values_with_adamw(TrainConfig(lr=0.02))
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["optimizer=adamw with lr=0.02 (AdamW usually trains with 1e-4 to 3e-3)"]

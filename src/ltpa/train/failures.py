@@ -62,12 +62,16 @@ def _hints(config: TrainConfig | None) -> list[str | Setting]:
     unusual = unusual_settings(config) if config is not None else []
     first = ("Unusual settings that can cause this: " + "; ".join(unusual) + ". Otherwise: "
              if unusual else "Things to try: ")
+    adamw = config is not None and config.optimizer == "adamw"
     lr = f" (now {config.lr:g})" if config is not None else ""
-    lower = 3e-4 if config is not None and config.optimizer == "adamw" else 0.01
-    return [first, f"lower the learning rate{lr}: ", Setting("lr", lower),
-            "; for softmax-attention models trained with the official lr=1.0 recipe, enable the gradient "
-            "averaging of the original code (", Setting("model_options.grad_average", True), ") or use lr=0.1; "
-            "add warm-up (", Setting("warmup_epochs", 1), ") or gradient clipping (", Setting("grad_clip_norm", 5),
+    lower = 3e-4 if adamw else 0.01
+    if config is not None and config.lr <= lower:  # a hint to lower the lr must not raise it
+        lower = float(f"{config.lr / 10:.2g}")
+    official = [] if adamw else [
+        "; for softmax-attention models trained with the official lr=1.0 recipe, enable the gradient "
+        "averaging of the original code (", Setting("model_options.grad_average", True), ") or use lr=0.1"]
+    return [first, f"lower the learning rate{lr}: ", Setting("lr", lower), *official,
+            "; add warm-up (", Setting("warmup_epochs", 1), ") or gradient clipping (", Setting("grad_clip_norm", 5),
             "); check the input normalisation (mean/std in config.json should match the data)."]
 
 

@@ -30,6 +30,7 @@ from .distributed import DistInfo
 from .evaluation import build_model
 from .precision import Precision, resolve_precision
 from ..runs.layout import CHECKPOINT_DIR, ZCA_FILE, check_run_folder
+from .failures import unusual_settings
 from .run_dir import collect_log_records
 from .run_setup import load_transfer_source, make_lr_lambda, make_optimizer, param_groups, transfer_init
 from ..errors import Option, Setting, UserError
@@ -119,6 +120,7 @@ def _plan(config: TrainConfig, out_dir: Path, dist: DistInfo, *, resume: bool, o
         config = resume_config(saved_config(out_dir), config).validate()
         previous_environment = _read_json(out_dir / "environment.json")
     _check_tensorboard(config)
+    _warn_sgd_values_with_adamw(config)
     precision = resolve_precision(config.precision, config.channels_last,
                                   str(dist.device) if dist.enabled else config.device)
     latest = latest_checkpoint(out_dir / CHECKPOINT_DIR) if resume else None
@@ -257,6 +259,14 @@ def _read_metrics(path: Path, *, up_to_epoch: int) -> list[dict[str, Any]]:
         if isinstance(record, dict) and record.get("epoch", 0) <= up_to_epoch:
             records.append(record)
     return records
+
+
+def _warn_sgd_values_with_adamw(config: TrainConfig) -> None:
+    # `--set optimizer=adamw` alone keeps a preset's SGD lr and weight decay, which AdamW would
+    # blow up on or barely use
+    if config.optimizer == "adamw" and (unusual := unusual_settings(config)):
+        logger.warning("optimizer=adamw with %s: set lr and weight_decay for AdamW too (typically "
+                       "lr=0.001, weight_decay=0.05)", "; ".join(unusual))
 
 
 def _check_tensorboard(config: TrainConfig) -> None:
